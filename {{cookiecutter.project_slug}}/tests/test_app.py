@@ -1,0 +1,42 @@
+from {{ cookiecutter.project_slug }} import db, settings
+
+
+def test_index_links_a_hashed_stylesheet_that_exists(client):
+    """The page references its CSS by content hash, and the hashed file is in STATIC_ROOT."""
+    response = client.get("/")
+    assert response.status_code == 200
+    href = response.text.split('rel="stylesheet" href="')[1].split('"')[0]
+    assert href.startswith("/static/build/css/site.") and href.endswith(".css")
+    assert (settings.STATIC_ROOT / href.removeprefix("/static/")).is_file()
+
+
+def test_health_reports_release_and_dependencies(client):
+    """/health answers 200 with the release and the state of each dependency."""
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ok"
+    assert body["release"] == settings.RELEASE
+    assert body["database"] == "ok"
+    assert body["broker"] in {"ok", "disabled"}
+
+
+def test_health_is_503_without_a_traceback_when_the_database_is_down(client, monkeypatch, tmp_path):
+    """An unreachable database turns /health into a 503 naming the database, not a 500."""
+    monkeypatch.setattr(settings, "DATABASE_URL", f"sqlite:///{tmp_path}/missing/dir/db.sqlite3")
+    db.engine.cache_clear()
+    try:
+        response = client.get("/health")
+    finally:
+        db.engine.cache_clear()
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "error"
+    assert body["database"].startswith("error: ")
+    assert "missing/dir" not in response.text
+
+
+def test_unknown_host_is_refused(client):
+    """Requests for a Host outside ALLOWED_HOSTS get 400."""
+    assert client.get("/", headers={"Host": "evil.example.net"}).status_code == 400
+    assert client.get("/", headers={"Host": "localhost:{{ cookiecutter.http_port }}"}).status_code == 200

@@ -1,0 +1,15 @@
+from celery.contrib.testing.worker import start_worker
+
+from {{ cookiecutter.project_slug }}.tasks import add, celery
+
+
+def test_task_round_trip_through_the_configured_broker():
+    """A real worker consumes from the configured broker (embedded SQLite by default)."""
+    with start_worker(celery, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        assert add.delay(2, 3).get(timeout=20, interval=0.1) == 5
+
+
+def test_tasks_are_acknowledged_late_and_json_only():
+    """A worker killed mid-task leaves the task for another worker; no pickle."""
+    assert celery.conf.task_acks_late is True
+    assert celery.conf.accept_content == ["json"]

@@ -1,0 +1,102 @@
+"""Configuration: the only module that reads the environment.
+
+Values come from the process environment first, then from the file named by ENV_FILE
+(default: .env beside the package). Every value is typed and checked here, at import;
+a bad or missing value stops start-up with one message naming every bad key, never a value.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from dotenv import load_dotenv
+from environs import Env, EnvValidationError
+from marshmallow import ValidationError
+from marshmallow.validate import Length, OneOf, Range
+{%- if cookiecutter.use_sentry %}
+from sentry_sdk.utils import BadDsn, Dsn
+{%- endif %}
+
+
+class ImproperlyConfigured(Exception):
+    """A setting is missing or invalid; the message names the keys."""
+
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+ENV_FILE = BASE_DIR / os.environ.get("ENV_FILE", ".env")
+# Real environment variables win over the file (systemd, CI, tests).
+load_dotenv(ENV_FILE, override=False)
+env = Env(eager=False)
+
+
+def _url_scheme(*schemes):
+    def validate(value):
+        if value.split("://", 1)[0] not in schemes:
+            raise ValidationError(f"Expected a URL starting with {' or '.join(schemes)}://")
+
+    return validate
+{%- if cookiecutter.use_sentry %}
+
+
+def _sentry_dsn(value):
+    try:
+        Dsn(value) if value else None
+    except BadDsn:
+        raise ValidationError("Expected a DSN like https://<key>@<host>/<project>") from None
+{%- endif %}
+
+
+APP_ENV = env.str("APP_ENV", "development", validate=OneOf(["development", "test", "staging", "production"]))
+DEBUG = env.bool("DEBUG", False)
+SECRET_KEY = env.str("SECRET_KEY", validate=Length(min=32))
+LOG_LEVEL = env.log_level("LOG_LEVEL", "INFO")
+# Port of the local nginx that `make serve` starts.
+HTTP_PORT = env.int("HTTP_PORT", {{ cookiecutter.http_port }}, validate=Range(min=1, max=65535))
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["{{ cookiecutter.domain_name }}", "localhost", "127.0.0.1"])
+
+# Every path the service writes under; the uWSGI ini exports the same STATE_DIR.
+STATE_DIR = BASE_DIR / env.path("STATE_DIR", "var")
+RUN_DIR = STATE_DIR / "run"
+LOG_DIR = STATE_DIR / "log"
+DATA_DIR = STATE_DIR / "data"
+STATIC_ROOT = STATE_DIR / "static"
+MEDIA_ROOT = STATE_DIR / "media"
+DEPLOY_ROOT = BASE_DIR / env.path("DEPLOY_ROOT", STATE_DIR / "deploy")
+
+DATABASE_URL = env.str(
+    "DATABASE_URL", f"sqlite:///{DATA_DIR}/app.sqlite3", validate=_url_scheme("sqlite", "postgresql")
+)
+{%- if cookiecutter.use_celery %}
+CELERY_BROKER_URL = env.str(
+    "CELERY_BROKER_URL",
+    f"sqla+sqlite:///{DATA_DIR}/celery-broker.sqlite3",
+    validate=_url_scheme("sqla+sqlite", "redis", "rediss", "amqp", "amqps"),
+)
+CELERY_RESULT_BACKEND = env.str(
+    "CELERY_RESULT_BACKEND",
+    f"db+sqlite:///{DATA_DIR}/celery-results.sqlite3",
+    validate=_url_scheme("db+sqlite", "db+postgresql", "redis", "rediss", "rpc"),
+)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", 25, validate=Range(min=1, max=3600))
+{%- endif %}
+{%- if cookiecutter.use_sentry %}
+SENTRY_DSN = env.str("SENTRY_DSN", "", validate=_sentry_dsn)
+SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", 0.0, validate=Range(min=0, max=1))
+{%- endif %}
+
+# The deployed revision: RELEASE, else the REVISION file a deploy writes, else "dev".
+_revision_file = BASE_DIR / "REVISION"
+RELEASE = env.str("RELEASE", _revision_file.read_text().strip() if _revision_file.exists() else "dev")
+
+try:
+    env.seal()
+except EnvValidationError as error:
+    problems = "; ".join(f"{key}: {' '.join(messages)}" for key, messages in error.error_messages.items())
+    message = f"invalid settings (environment and {ENV_FILE}): {problems}"
+    if __name__ == "__main__":
+        sys.exit(f"error: {message}")
+    raise ImproperlyConfigured(message) from None
+
+if __name__ == "__main__":
+    # `python -m <package>.settings KEY...` checks the settings and prints values for shell scripts.
+    print(*(globals()[key] for key in sys.argv[1:]))
