@@ -1,11 +1,10 @@
 """Validate every answer before a single file is written.
 
-Each check takes the answer and returns what is allowed when the answer is bad, or None.
-On the first bad answers `main()` prints one line per field, `error: <field>=<value>: <allowed>`,
-and exits 1; cookiecutter then removes the half-made output directory.
+CHECKS maps each field to a check that returns what is allowed when the answer is bad, else None.
+`main()` prints one `error: <field>=<value>: expected <allowed>` line per bad answer and exits 1;
+cookiecutter then removes the half-made output directory.
 """
 
-import ipaddress
 import json
 import keyword
 import re
@@ -14,18 +13,37 @@ import sys
 # Rendered by cookiecutter: every answer as JSON data, never pasted between quotes.
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
-PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 # Top-level modules the service imports, and the service's own top-level directories.
-TAKEN_NAMES = {
-    "amqp", "billiard", "bin", "blinker", "celery", "click", "deploy", "dotenv", "environs",
-    "flask", "itsdangerous", "jinja2", "kombu", "markupsafe", "marshmallow", "pytest", "ruff",
-    "sentry_sdk", "sqlalchemy", "static", "tests", "uwsgi", "uwsgidecorators", "var", "vine",
-    "werkzeug",
-}
-LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+TAKEN_NAMES = set(
+    "amqp billiard bin blinker celery click deploy dotenv environs flask greenlet itsdangerous "
+    "jinja2 kombu markupsafe marshmallow pytest ruff sentry_sdk sqlalchemy static tests uwsgi var "
+    "vine werkzeug".split()
+)
+LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 
 
-def check_slug(value):
+def matches(pattern, allowed):
+    return lambda value: None if re.fullmatch(pattern, str(value)) else allowed
+
+
+def one_of(*choices):
+    return lambda value: None if value in choices else "one of " + ", ".join(choices)
+
+
+def number(low, high):
+    def check(value):
+        if re.fullmatch(r"[0-9]+", str(value)) and low <= int(value) <= high:
+            return None
+        return f"a whole number from {low} to {high}"
+
+    return check
+
+
+def boolean(value):
+    return None if isinstance(value, bool) else "true or false"
+
+
+def slug(value):
     if not re.fullmatch(r"[a-z][a-z0-9_]*", value):
         return "lowercase letters, digits and _, starting with a letter (a Python package name)"
     if keyword.iskeyword(value) or keyword.issoftkeyword(value):
@@ -37,86 +55,37 @@ def check_slug(value):
     return None
 
 
-def check_text(value):
-    if not value.strip() or any(ord(char) < 32 for char in value):
-        return "a non-empty single line of text"
-    return None
-
-
-def check_email(value):
-    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
-        return "an email address like team@example.com"
-    return None
-
-
-def check_domain(value):
-    if value == "localhost":
-        return None
-    try:
-        ipaddress.ip_address(value)
+def domain(value):
+    if re.fullmatch(r"[0-9.]+|.*:.*", value):
         return "a domain name, not an IP address"
-    except ValueError:
-        pass
-    labels = value.split(".")
-    if len(value) > 253 or len(labels) < 2 or not all(LABEL.match(label) for label in labels):
-        return "a lowercase domain name like example.com"
-    return None
-
-
-def check_python(value):
-    if value not in PYTHON_VERSIONS:
-        return "one of " + ", ".join(PYTHON_VERSIONS)
-    return None
-
-
-def check_deploy_root(value):
-    if not value.startswith("/") or value == "/" or re.search(r"[\s'\"$\\]", value):
-        return "an absolute directory path without spaces or quotes, like /srv"
-    return None
-
-
-def check_int(low, high):
-    def check(value):
-        if not re.fullmatch(r"[0-9]+", str(value)) or not low <= int(value) <= high:
-            return f"a whole number from {low} to {high}"
+    if value == "localhost" or (re.fullmatch(rf"{LABEL}(\.{LABEL})+", value) and len(value) <= 253):
         return None
-
-    return check
-
-
-def check_bool(value):
-    if not isinstance(value, bool):
-        return "true or false"
-    return None
+    return "a lowercase domain name like example.com"
 
 
+TEXT = matches(r"[^\x00-\x1f]*\S[^\x00-\x1f]*", "a non-empty single line of text")
 CHECKS = {
-    "project_name": check_text,
-    "project_slug": check_slug,
-    "description": check_text,
-    "author_name": check_text,
-    "author_email": check_email,
-    "domain_name": check_domain,
-    "python_version": check_python,
-    "use_celery": check_bool,
-    "use_sentry": check_bool,
-    "deploy_root": check_deploy_root,
-    "http_port": check_int(1, 65535),
-    "processes": check_int(1, 256),
-    "cheap_mode": check_bool,
-    "create_virtualenv": check_bool,
+    "project_name": TEXT,
+    "project_slug": slug,
+    "description": TEXT,
+    "author_name": TEXT,
+    "author_email": matches(r"[^@\s]+@[^@\s]+\.[^@\s]+", "an email address like team@example.com"),
+    "domain_name": domain,
+    "python_version": one_of("3.11", "3.12", "3.13"),
+    "use_celery": boolean,
+    "use_sentry": boolean,
+    "deploy_root": matches(r"(/[\w.-]+)+", "an absolute directory path without spaces or quotes, like /srv"),
+    "http_port": number(1, 65535),
+    "processes": number(1, 256),
+    "cheap_mode": boolean,
+    "create_virtualenv": boolean,
 }
 
 
 def errors(answers):
     """Return one error line per bad answer, in the order of cookiecutter.json."""
-    lines = []
-    for field, check in CHECKS.items():
-        value = answers.get(field)
-        allowed = check(value)
-        if allowed:
-            lines.append(f"error: {field}={value!r}: expected {allowed}")
-    return lines
+    bad = ((field, answers.get(field), check(answers.get(field))) for field, check in CHECKS.items())
+    return [f"error: {field}={value!r}: expected {allowed}" for field, value, allowed in bad if allowed]
 
 
 def main():

@@ -1,1 +1,1 @@
-"""{{ cookiecutter.description }}"""
+"""The {{ cookiecutter.project_slug }} service: settings, app, tasks and jobs. See README.md."""

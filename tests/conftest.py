@@ -1,0 +1,80 @@
+"""Fixtures shared by the template's tests: baking, the wheelhouse, and required tools."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS_BIN = Path(sys.executable).parent
+CI = os.environ.get("CI") == "true"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+WHEELHOUSE = Path(os.environ.get("WHEELHOUSE", CACHE / "shipshape" / "wheelhouse"))
+INSTALL_HINTS = {
+    "nginx": "apt-get install nginx (or `make system-packages`)",
+    "wrk": "apt-get install wrk (or `make system-packages`)",
+    "make": "apt-get install make",
+}
+
+
+def require(tool):
+    """Return the tool's path; a missing tool fails under CI=true and skips (saying how) locally."""
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} not found: {INSTALL_HINTS.get(tool, 'install it')}"
+        if CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_environment():
+    """Hooks skip the venv unless a test asks for one; the developer's shell cannot leak in."""
+    for key in list(os.environ):
+        if key.startswith(("SENTRY_", "CELERY_")) or key in {"STATE_DIR", "DATABASE_URL", "ENV_FILE"}:
+            del os.environ[key]
+    os.environ["SKIP_VENV"] = "1"
+    os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"] = str(WHEELHOUSE)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse():
+    """The machine's wheelhouse with uWSGI built once (scripts/wheelhouse is idempotent)."""
+    subprocess.run(
+        [ROOT / "scripts" / "wheelhouse"], check=True, env={**os.environ, "PYTHON": sys.executable}
+    )
+    return WHEELHOUSE
+
+
+def run_cookiecutter(output_dir, *answers, env=None):
+    """Run the cookiecutter CLI as a user would: --no-input with key=value answers."""
+    command = [TOOLS_BIN / "cookiecutter", "--no-input", "--output-dir", output_dir, ROOT, *answers]
+    return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+
+
+@pytest.fixture
+def bake_with_venv(tmp_path, wheelhouse):
+    """Bake with the post-gen hook building .venv from the wheelhouse; returns the project path."""
+
+    def bake(**answers):
+        env = {**os.environ, "SKIP_VENV": "0"}
+        pairs = [f"{key}={value}" for key, value in answers.items()]
+        result = run_cookiecutter(tmp_path, *pairs, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "==> .venv ready" in result.stdout, result.stdout + result.stderr
+        slug = answers.get("project_slug", "my_service")
+        return tmp_path / slug
+
+    return bake
