@@ -64,17 +64,16 @@ def run_cookiecutter(output_dir, *answers, env=None):
     return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
 
 
+def bake(output_dir, **answers):
+    """Bake with the post-gen hook building .venv from the wheelhouse; return the project path."""
+    env = {**os.environ, "SKIP_VENV": "0"}
+    result = run_cookiecutter(output_dir, *(f"{key}={value}" for key, value in answers.items()), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "==> .venv ready" in result.stdout, result.stdout + result.stderr
+    return output_dir / answers.get("project_slug", "my_service")
+
+
 @pytest.fixture
 def bake_with_venv(tmp_path, wheelhouse):
-    """Bake with the post-gen hook building .venv from the wheelhouse; returns the project path."""
-
-    def bake(**answers):
-        env = {**os.environ, "SKIP_VENV": "0"}
-        pairs = [f"{key}={value}" for key, value in answers.items()]
-        result = run_cookiecutter(tmp_path, *pairs, env=env)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "==> .venv ready" in result.stdout, result.stdout + result.stderr
-        slug = answers.get("project_slug", "my_service")
-        return tmp_path / slug
-
-    return bake
+    """bake() into this test's temporary directory."""
+    return lambda **answers: bake(tmp_path, **answers)

@@ -1,0 +1,60 @@
+"""A baked service installs from the wheelhouse and passes its own tests and lint."""
+
+import os
+import stat
+import subprocess
+
+import pytest
+from conftest import run_cookiecutter
+
+pytestmark = pytest.mark.venv
+
+VARIANTS = [
+    {},
+    {"use_celery": "false", "use_sentry": "false", "cheap_mode": "true", "python_version": "3.11"},
+]
+
+
+@pytest.mark.parametrize("answers", VARIANTS, ids=["defaults", "use_celery=false-use_sentry=false-cheap"])
+def test_baked_service_passes_its_own_tests_and_lint(bake_with_venv, answers):
+    """Right after baking, `make test` and `make lint` pass with zero warnings."""
+    project = bake_with_venv(**answers)
+    for target in ("test", "lint"):
+        result = subprocess.run(["make", target], cwd=project, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"make {target}\n{result.stdout}\n{result.stderr}"
+    assert " passed" in result.stdout or "All checks passed" in result.stdout
+    assert "warning" not in result.stdout.lower()
+
+
+def test_venv_has_a_uwsgi_with_pcre(bake_with_venv):
+    """uWSGI came from the wheelhouse with PCRE: static-expires-uri, which uwsgi.ini uses, exists."""
+    project = bake_with_venv()
+    result = subprocess.run([project / ".venv/bin/uwsgi", "--help"], capture_output=True, text=True, check=True)
+    assert "static-expires-uri" in result.stdout
+
+
+def test_bake_needs_no_network_once_the_cache_holds_the_packages(bake_with_venv, tmp_path):
+    """A second bake with uv offline still builds the venv from the cache and the wheelhouse."""
+    bake_with_venv()
+    env = {**os.environ, "SKIP_VENV": "0", "UV_OFFLINE": "1"}
+    result = run_cookiecutter(tmp_path / "offline", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "==> .venv ready" in result.stdout
+    assert (tmp_path / "offline" / "my_service" / ".venv" / "bin" / "uwsgi").exists()
+
+
+def test_failed_venv_keeps_the_files_and_says_how_to_retry(tmp_path, wheelhouse):
+    """A venv step that fails (no package source) leaves the bake in place with `make install` advice."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {
+        **os.environ, "SKIP_VENV": "0", "UV_OFFLINE": "1", "UV_CACHE_DIR": str(empty),
+        "UV_FIND_LINKS": str(empty),
+    }
+    result = run_cookiecutter(tmp_path / "out", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "creating .venv failed" in result.stdout
+    assert "make install" in result.stdout
+    project = tmp_path / "out" / "my_service"
+    assert (project / "my_service" / "settings.py").is_file()
+    assert stat.S_IMODE(os.stat(project / ".env").st_mode) == 0o600
