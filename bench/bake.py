@@ -2,6 +2,8 @@
 
 Alternatives, run interleaved in every round (order rotated per round) on the same machine:
   render     `cookiecutter --no-input` with SKIP_VENV=1: templates and hooks only, no virtualenv.
+  render-api the same bake through cookiecutter's Python API inside this process: render minus
+             the CLI's interpreter start and imports (~0.4 s), i.e. the template's own cost.
   bake+venv  the same, with the post-gen hook building .venv (uv beside cookiecutter's Python,
              UV_FIND_LINKS/PIP_FIND_LINKS = the warm wheelhouse, so uWSGI is not compiled).
   first-200  from the start of a bake+venv (http_port = a free port) to the first HTTP 200 from
@@ -9,9 +11,10 @@ Alternatives, run interleaved in every round (order rotated per round) on the sa
 One untimed bake+venv runs first so uv's cache is warm: every number is a *warm* number.
 
 Reading the result: compare each median with its target (render <= 0.5 s, bake+venv <= 5 s,
-first-200 <= 10 s). min..max shows the noise of this shared machine; a median that misses its
-target while min meets it is noise, not a regression. The `make serve` row is the part of
-first-200 after the bake (uWSGI + Celery start, imports, nginx); it has no target of its own.
+first-200 <= 10 s). min..max shows the noise of this shared machine: a median that misses while
+min meets may be load from other jobs (see loadavg_start/end in the JSON); rerun before calling it a
+regression. The `make serve` row is the part of first-200 after the bake (uWSGI, Celery and nginx
+start, imports); it has no target. The JSON's raw runs also hold the hook's own venv time.
 
     .tools/bin/python bench/bake.py [--runs N]   # writes bench/results/bake.{json,md}
 """
@@ -36,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 TOOLS = REPO / ".tools" / "bin"
 RESULTS = REPO / "bench" / "results"
 WHEELHOUSE = os.environ.get("WHEELHOUSE") or str(Path.home() / ".cache/shipshape/wheelhouse")
-TARGETS = {"render": 0.5, "bake+venv": 5.0, "first-200": 10.0, "make serve": None}
+TARGETS = {"render": 0.5, "render-api": None, "bake+venv": 5.0, "first-200": 10.0, "make serve": None}
 
 
 def run(cmd, timeout, **kwargs):
@@ -101,12 +104,13 @@ def time_first_200(out_dir):
         tail = "\n".join(log.read_text().splitlines()[-20:]) if log.exists() else "(no uwsgi.log)"
         raise RuntimeError(f"{error}\n--- {log} (tail) ---\n{tail}") from error
     finally:
-        stop(project)
-    return {"seconds": done - started, "bake": baked - started, "serve": done - baked, **hook}
+        stopped = stop(project)
+    times = {"seconds": done - started, "bake": baked - started, "serve": done - baked, **hook}
+    return {**times, "processes_stopped": stopped}
 
 
 def stop(project):
-    """Run `make stop`, then check that no process of the project is left (kill any by pid)."""
+    """Run `make stop`, check no process of the project is left (kill any by pid); return the count."""
     before = processes_of(project)
     if (project / "Makefile").exists():
         run(["make", "stop"], 120, cwd=project)
@@ -118,6 +122,21 @@ def stop(project):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
         raise RuntimeError(f"`make stop` in {project} left processes running: {left}")
+    return len(before)
+
+
+def time_render_api(out_dir):
+    """Bake through cookiecutter's API in this process (hooks still run as subprocesses)."""
+    from cookiecutter.main import cookiecutter
+
+    os.environ["SKIP_VENV"] = "1"
+    try:
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(None):
+            cookiecutter(str(REPO), no_input=True, output_dir=out_dir)
+        return {"seconds": time.perf_counter() - started}
+    finally:
+        del os.environ["SKIP_VENV"]
 
 
 def one_run(case):
@@ -126,6 +145,8 @@ def one_run(case):
     try:
         if case == "first-200":
             return time_first_200(out_dir)
+        if case == "render-api":
+            return time_render_api(out_dir)
         started = time.perf_counter()
         hook = bake(out_dir, venv=(case == "bake+venv"))
         return {"seconds": time.perf_counter() - started, **hook}
@@ -176,45 +197,64 @@ def machine_facts():
         "uv": out(str(TOOLS / "uv"), "--version"),
         "wheelhouse": WHEELHOUSE,
         "warm_up": "one untimed bake+venv before measuring (uv cache warm)",
+        "loadavg_start": os.getloadavg(),
+        "env": {k: v for k, v in os.environ.items() if k.startswith(("UV_", "PYTHONDONTWRITE"))},
     }
+
+
+def measure(cases, runs):
+    """Run every case `runs` times, interleaved (order rotated per round); return raw timings."""
+    raw = {case: [] for case in cases}
+    for round_no in range(runs):
+        for case in cases[round_no % len(cases) :] + cases[: round_no % len(cases)]:
+            raw[case].append(one_run(case))
+            seconds, *parts = (f"{k} {round(v, 2)}" for k, v in raw[case][-1].items())
+            print(f"  round {round_no + 1}/{runs}  {case:<10} {seconds}  {', '.join(parts)}", flush=True)
+    return raw
+
+
+def write_results(facts, rows, raw, runs, note):
+    """Write bench/results/bake.json (facts + raw timings) and bake.md (the table)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report = {
+        **facts,
+        "loadavg_end": os.getloadavg(),
+        "runs": runs,
+        "targets_s": TARGETS,
+        "summary": rows,
+        "raw": raw,
+        "note": note,
+    }
+    (RESULTS / "bake.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "bake.md").write_text(
+        f"# Bake and first-200 times\n\n{facts['date']}, template {facts['git_rev']}"
+        f"{' (dirty)' if facts['git_dirty'] else ''}, {facts['nproc']} cores, Python {facts['python']}, "
+        f"{facts['cookiecutter']}, {facts['uv']}; warm uv cache and wheelhouse, {runs} interleaved runs "
+        f"per case.\n\n{table(rows, markdown=True)}" + (f"\n{note}\n" if note else "")
+    )
+    print(f"\nwrote {RESULTS / 'bake.json'} and {RESULTS / 'bake.md'}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per case (default 5)")
     args = parser.parse_args()
-    cases = ["render", "bake+venv", "first-200"]
+    cases, note = ["render", "render-api", "bake+venv", "first-200"], ""
     if shutil.which("nginx") is None:
-        print("nginx not found: skipping first-200 (apt-get install nginx, or make system-packages)")
+        note = "nginx not found: first-200 skipped (apt-get install nginx, or make system-packages)"
+        print(note)
         cases.remove("first-200")
+    facts = machine_facts()
     print("warm-up: one untimed bake+venv so uv's cache is warm ...", flush=True)
-    one_run("bake+venv")
-    raw = {case: [] for case in cases}
     try:
-        for round_no in range(args.runs):
-            order = cases[round_no % len(cases) :] + cases[: round_no % len(cases)]
-            for case in order:
-                raw[case].append(one_run(case))
-                parts = ", ".join(f"{k} {v:.2f} s" for k, v in raw[case][-1].items() if k != "seconds")
-                print(
-                    f"  round {round_no + 1}/{args.runs}  {case:<10} {raw[case][-1]['seconds']:6.2f} s  {parts}"
-                )
+        one_run("bake+venv")
+        raw = measure(cases, args.runs)
     except (RuntimeError, subprocess.TimeoutExpired) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     rows = summarize(raw)
     print("\n" + table(rows))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    facts = machine_facts()
-    report = {**facts, "runs": args.runs, "targets_s": TARGETS, "summary": rows, "raw": raw}
-    (RESULTS / "bake.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "bake.md").write_text(
-        f"# Bake and first-200 times\n\n{facts['date']}, template {facts['git_rev']}"
-        f"{' (dirty)' if facts['git_dirty'] else ''}, {facts['nproc']} cores, Python "
-        f"{facts['python']}, {facts['cookiecutter']}, {facts['uv']}; warm uv cache and wheelhouse,"
-        f" medians of {args.runs} interleaved runs.\n\n{table(rows, markdown=True)}"
-    )
-    print(f"\nwrote {RESULTS / 'bake.json'} and {RESULTS / 'bake.md'}")
+    write_results(facts, rows, raw, args.runs, note)
     return 0
 
 
