@@ -20,6 +20,7 @@ SLUG = ANSWERS["project_slug"]
 # option -> {value: paths to delete when the option has that value}
 PRUNE = {
     "use_celery": {False: [f"{SLUG}/tasks.py", "tests/test_tasks.py"]},
+    "use_sentry": {False: ["tests/test_observability.py"]},
 }
 
 

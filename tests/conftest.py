@@ -32,6 +32,17 @@ def require(tool):
     return path
 
 
+def require_server(name, port, hint):
+    """Fail under CI=true, skip (saying how to start it) locally, unless 127.0.0.1:port accepts."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        message = f"{name} is not listening on 127.0.0.1:{port}: {hint}"
+        if CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
     with socket.socket() as probe:

@@ -76,6 +76,7 @@ def test_disabled_options_leave_no_trace(baked):
     celery, sentry = answers.get("use_celery", True), answers.get("use_sentry", True)
     assert (package / "tasks.py").exists() == celery
     assert (project / "tests" / "test_tasks.py").exists() == celery
+    assert (project / "tests" / "test_observability.py").exists() == sentry
     requirements = (project / "requirements.txt").read_text()
     assert ("celery==" in requirements) == celery
     assert ("sentry-sdk==" in requirements) == sentry

@@ -52,16 +52,17 @@ def test_non_boolean_flags_are_refused(tmp_path, value):
     ]
 
 
-def test_prune_table_deletes_celery_files_only_when_celery_is_off(tmp_path):
+@pytest.mark.parametrize("option", ["use_celery", "use_sentry"])
+def test_prune_table_deletes_an_options_files_only_when_it_is_off(tmp_path, option):
     hook = render_hook("post_gen_project", tmp_path)
-    for answers, expect_present in (({"use_celery": True}, True), ({"use_celery": False}, False)):
-        root = tmp_path / f"project-{expect_present}"
-        for path in hook.PRUNE["use_celery"][False]:
+    for value in (True, False):
+        root = tmp_path / f"project-{value}"
+        for path in hook.PRUNE[option][False]:
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             (root / path).write_text("")
-        hook.prune(answers, root)
-        for path in hook.PRUNE["use_celery"][False]:
-            assert (root / path).exists() == expect_present
+        hook.prune({**hook.ANSWERS, option: value}, root)
+        for path in hook.PRUNE[option][False]:
+            assert (root / path).exists() == value
 
 
 def test_env_file_gets_a_fresh_long_secret_and_mode_600(tmp_path):

@@ -5,7 +5,7 @@ import stat
 import subprocess
 
 import pytest
-from conftest import run_cookiecutter
+from conftest import require_server, run_cookiecutter
 
 pytestmark = pytest.mark.venv
 
@@ -29,7 +29,9 @@ def test_baked_service_passes_its_own_tests_and_lint(bake_with_venv, answers):
 def test_venv_has_a_uwsgi_with_pcre(bake_with_venv):
     """uWSGI came from the wheelhouse with PCRE: static-expires-uri, which uwsgi.ini uses, exists."""
     project = bake_with_venv()
-    result = subprocess.run([project / ".venv/bin/uwsgi", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [project / ".venv/bin/uwsgi", "--help"], capture_output=True, text=True, check=True
+    )
     assert "static-expires-uri" in result.stdout
 
 
@@ -48,7 +50,10 @@ def test_failed_venv_keeps_the_files_and_says_how_to_retry(tmp_path, wheelhouse)
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {
-        **os.environ, "SKIP_VENV": "0", "UV_OFFLINE": "1", "UV_CACHE_DIR": str(empty),
+        **os.environ,
+        "SKIP_VENV": "0",
+        "UV_OFFLINE": "1",
+        "UV_CACHE_DIR": str(empty),
         "UV_FIND_LINKS": str(empty),
     }
     result = run_cookiecutter(tmp_path / "out", env=env)
@@ -58,3 +63,37 @@ def test_failed_venv_keeps_the_files_and_says_how_to_retry(tmp_path, wheelhouse)
     project = tmp_path / "out" / "my_service"
     assert (project / "my_service" / "settings.py").is_file()
     assert stat.S_IMODE(os.stat(project / ".env").st_mode) == 0o600
+
+
+BROKERS = {
+    "redis": (6379, "redis-server --daemonize yes --bind 127.0.0.1", "redis://127.0.0.1:6379/{db}"),
+    "rabbitmq": (5672, "rabbitmq-server -detached", "amqp://guest:guest@127.0.0.1:5672//"),
+}
+ROUND_TRIP = """
+import sys
+from celery.contrib.testing.worker import start_worker
+from my_service.tasks import add, celery
+assert celery.conf.broker_url.startswith(sys.argv[1]), celery.conf.broker_url
+with start_worker(celery, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+    print(add.delay(40, 2).get(timeout=30, interval=0.1))
+"""
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_switching_the_broker_is_one_setting(bake_with_venv, broker):
+    """With only CELERY_BROKER_URL changed, a real worker takes a task from the machine's broker."""
+    port, start, url = BROKERS[broker]
+    require_server(broker, port, f"start it with `{start}`")
+    project = bake_with_venv()
+    url = url.format(db=os.getpid() % 15 + 1)
+    env = {**os.environ, "CELERY_BROKER_URL": url}
+    result = subprocess.run(
+        [project / ".venv/bin/python", "-c", ROUND_TRIP, url.split(":")[0]],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.stdout.strip() == "42", result.stderr[-2000:]

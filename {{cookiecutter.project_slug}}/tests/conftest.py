@@ -20,11 +20,8 @@ os.environ.update(
     STATE_DIR=tempfile.mkdtemp(prefix="{{ cookiecutter.project_slug }}-test-"),
 )
 
-from {{ cookiecutter.project_slug }} import assets, settings  # noqa: E402
+from {{ cookiecutter.project_slug }} import assets  # noqa: E402
 from {{ cookiecutter.project_slug }}.app import create_app  # noqa: E402
-
-for path in (settings.DATA_DIR, settings.RUN_DIR):
-    path.mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -13,3 +13,13 @@ def test_tasks_are_acknowledged_late_and_json_only():
     """A worker killed mid-task leaves the task for another worker; no pickle."""
     assert celery.conf.task_acks_late is True
     assert celery.conf.accept_content == ["json"]
+
+
+def test_health_is_503_when_the_broker_is_unreachable(client, monkeypatch):
+    """A broker that refuses connections turns /health into a 503 naming the broker, pages stay up."""
+    monkeypatch.setattr(celery.conf, "broker_url", "redis://127.0.0.1:1/0")
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["broker"].startswith("error: ")
+    assert response.get_json()["database"] == "ok"
+    assert client.get("/").status_code == 200

@@ -8,6 +8,8 @@ from . import assets, observability, settings, views
 def create_app() -> Flask:
     # Logging and error tracking first, so that a failure further down is reported.
     observability.init()
+    # SQLite files, sockets and uploads need their directories before the first request.
+    settings.make_state_dirs()
     # Static files are served by nginx (and uWSGI's static-map), never by Flask.
     app = Flask(__name__, static_folder=None)
     app.config.update(

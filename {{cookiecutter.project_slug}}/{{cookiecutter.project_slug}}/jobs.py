@@ -44,7 +44,8 @@ JOBS = {"heartbeat": heartbeat, "cleanup_tmp": cleanup_tmp}
 
 def run(name: str) -> int:
     """Run one job under its lock and record the outcome in RUN_DIR/jobs/<name>.json."""
-    JOBS_DIR.mkdir(parents=True, exist_ok=True)
+    settings.make_state_dirs()
+    JOBS_DIR.mkdir(exist_ok=True)
     with open(JOBS_DIR / f"{name}.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -57,7 +57,8 @@ def init_sentry():
         dsn=settings.SENTRY_DSN,
         environment=settings.APP_ENV,
         release=settings.RELEASE,
-        send_default_pii=False,
+        # No PII is the default. Not `send_default_pii` (deprecated in 2.75) and not `data_collection`
+        # (given, it switches the event scrubber below off).
         traces_sample_rate=settings.SENTRY_TRACES_SAMPLE_RATE,
         event_scrubber=EventScrubber(recursive=True, denylist=DEFAULT_DENYLIST + EXTRA_DENYLIST),
         integrations=[LoggingIntegration(level=logging.WARNING, event_level=logging.ERROR)],

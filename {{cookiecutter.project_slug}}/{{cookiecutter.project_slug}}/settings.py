@@ -88,6 +88,13 @@ SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", 0.0, validate
 _revision_file = BASE_DIR / "REVISION"
 RELEASE = env.str("RELEASE", _revision_file.read_text().strip() if _revision_file.exists() else "dev")
 
+
+def make_state_dirs() -> None:
+    """Create the directories the service writes to (idempotent; the app, Celery and jobs call it)."""
+    for path in (RUN_DIR, LOG_DIR, DATA_DIR, STATIC_ROOT, MEDIA_ROOT, STATE_DIR / "tmp"):
+        path.mkdir(parents=True, exist_ok=True)
+
+
 try:
     env.seal()
 except EnvValidationError as error:
