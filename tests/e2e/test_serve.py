@@ -2,6 +2,8 @@
 
 import json
 import os
+import socket
+import struct
 import subprocess
 import time
 import urllib.error
@@ -13,6 +15,16 @@ from conftest import bake, free_port, require
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
 VARIANTS = [{}, {"use_celery": "false", "cheap_mode": "true"}]
+# A user's long task, added to the baked service before it starts.
+SLOW_TASK = """
+
+@celery.task
+def slow(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+"""
 
 
 def get(url, **headers):
@@ -23,6 +35,34 @@ def get(url, **headers):
             return response.status, response.headers, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.headers, error.read().decode()
+
+
+def uwsgi_get(socket_path, path):
+    """GET path straight from uWSGI's unix socket in the uwsgi protocol (what nginx sends)."""
+    params = {
+        "REQUEST_METHOD": "GET",
+        "REQUEST_URI": path,
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "localhost",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "REMOTE_ADDR": "127.0.0.1",
+    }
+    body = b"".join(
+        struct.pack("<H", len(k)) + k.encode() + struct.pack("<H", len(v)) + v.encode()
+        for k, v in params.items()
+    )
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(30)
+        client.connect(str(socket_path))
+        client.sendall(struct.pack("<BHB", 0, len(body), 0) + body)
+        chunks = iter(lambda: client.recv(65536), b"")
+        head, _, content = b"".join(chunks).partition(b"\r\n\r\n")
+    status, *header_lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status.split()[1]), headers, content
 
 
 def group_alive(pgid):
@@ -64,6 +104,9 @@ def service(request, tmp_path_factory, wheelhouse):
     require("make")
     port = free_port()
     project = bake(tmp_path_factory.mktemp("serve"), http_port=port, **request.param)
+    if (project / "my_service" / "tasks.py").exists():
+        with open(project / "my_service" / "tasks.py", "a") as tasks:
+            tasks.write(SLOW_TASK)
     groups = []
     try:
         result = make(project, "serve")
@@ -104,6 +147,19 @@ def test_hashed_asset_is_cached_for_a_year_with_security_headers(service):
     assert headers["Server"] == "nginx"
 
 
+def test_uwsgi_itself_serves_hashed_assets_with_a_30_day_expires(service):
+    """Without nginx in front, uWSGI's static-map + static-expires-uri serve the same files."""
+    project = service["project"]
+    manifest = json.loads((project / "var/static/build/manifest.json").read_text())
+    status, headers, content = uwsgi_get(
+        project / "var/run/uwsgi.sock", "/static/" + manifest["css/site.css"]
+    )
+    assert status == 200
+    assert content == (project / "static/css/site.css").read_bytes()
+    expires = time.mktime(time.strptime(headers["Expires"], "%a, %d %b %Y %H:%M:%S GMT"))
+    assert 29 * 86400 < expires - time.mktime(time.gmtime()) <= 30 * 86400 + 60
+
+
 def test_dotfiles_and_backups_are_a_plain_404(service):
     for path in ("/.env", "/.git/config", "/static/.env", "/static/%2e%2e/.env", "/app.py~", "/x.bak"):
         status, _, body = get(service["url"] + path)
@@ -130,6 +186,42 @@ def test_celery_task_round_trip_through_the_attached_worker(service):
         assert result.stdout.strip() == "42", result.stderr
 
 
+def send_task(project, code):
+    """Run Python in the service's venv and directory (a Celery client, as the app would be)."""
+    return subprocess.run(
+        [project / ".venv/bin/python", "-c", "from my_service.tasks import *\n" + code],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_chain_reload_lets_a_running_task_finish(service):
+    """Touching the reload trigger restarts the Celery worker only after its running task is done."""
+    if service.get("use_celery") == "false":
+        assert not (service["project"] / "my_service" / "tasks.py").exists()
+        return
+    project = service["project"]
+    code = (
+        "import pathlib, time\n"
+        "result = slow.delay(4)\n"
+        "time.sleep(1.5)\n"
+        "pathlib.Path('var/run/reload').touch()\n"
+        "print(result.get(timeout=60, interval=0.1))\n"
+        "print(add.delay(1, 1).get(timeout=60, interval=0.1))\n"
+    )
+    result = send_task(project, code)
+    assert result.stdout.split() == ["4", "2"], result.stderr[-2000:]
+    # The web workers were replaced one by one meanwhile; the chain ends with all of them back.
+    log = project / "var/log/uwsgi.log"
+    deadline = time.monotonic() + 60
+    while "chain reloading complete" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "chain reloading complete" in log.read_text()
+
+
 def test_cron_job_ran_under_uwsgi(service):
     """uWSGI's cron fires the every-minute heartbeat job at start; it records its run."""
     record = service["project"] / "var" / "run" / "jobs" / "heartbeat.json"
@@ -139,10 +231,19 @@ def test_cron_job_ran_under_uwsgi(service):
     assert json.loads(record.read_text())["result"] == "alive"
 
 
-def test_make_stop_leaves_no_process(service):
-    """Runs last in the module: after `make stop` no process of the service is left."""
-    result = make(service["project"], "stop", timeout=90)
+def test_make_stop_leaves_no_process_and_lets_a_running_task_finish(service):
+    """Runs last in the module: `make stop` waits for a running task, then no process is left."""
+    project = service["project"]
+    task_id = None
+    if service.get("use_celery") != "false":
+        sent = send_task(project, "import time\nresult = slow.delay(3)\ntime.sleep(1)\nprint(result.id)")
+        task_id = sent.stdout.strip()
+    result = make(project, "stop", timeout=90)
     assert result.returncode == 0, result.stderr
+    if task_id:
+        # The worker is gone; the result backend (SQLite) still tells what happened to the task.
+        state = send_task(project, f"r = celery.AsyncResult({task_id!r})\nprint(r.state, r.result)")
+        assert state.stdout.split() == ["SUCCESS", "3"], state.stderr[-2000:]
     assert not any(group_alive(pgid) for pgid in service["groups"])
     assert processes_mentioning(service["project"]) == []
     assert not (service["project"] / "var" / "run" / "uwsgi.sock").exists()
