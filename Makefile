@@ -2,7 +2,7 @@
 #   make demo   bake the default service into ./demo and serve it on http://127.0.0.1:8080
 #   make test   run the template's whole test suite
 .DEFAULT_GOAL := help
-PYTHON ?= python3.11
+PYTHON ?= python3
 TOOLS := .tools
 
 .PHONY: help demo test tools system-packages wheelhouse bench clean

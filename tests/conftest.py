@@ -78,6 +78,8 @@ def run_cookiecutter(output_dir, *answers, env=None):
 def bake(output_dir, **answers):
     """Bake with the post-gen hook building .venv from the wheelhouse; return the project path."""
     env = {**os.environ, "SKIP_VENV": "0"}
+    # The venv uses the tools' Python: the wheelhouse holds uWSGI for that version.
+    answers = {"python_version": f"{sys.version_info.major}.{sys.version_info.minor}", **answers}
     result = run_cookiecutter(output_dir, *(f"{key}={value}" for key, value in answers.items()), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "==> .venv ready" in result.stdout, result.stdout + result.stderr

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.venv
 
 VARIANTS = [
     {},
-    {"use_celery": "false", "use_sentry": "false", "cheap_mode": "true", "python_version": "3.11"},
+    {"use_celery": "false", "use_sentry": "false", "cheap_mode": "true"},
 ]
 
 
