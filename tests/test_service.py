@@ -97,3 +97,11 @@ def test_switching_the_broker_is_one_setting(bake_with_venv, broker):
         check=False,
     )
     assert result.stdout.strip() == "42", result.stderr[-2000:]
+
+
+def test_create_virtualenv_false_skips_the_venv_and_says_how_to_make_it(tmp_path):
+    env = {**os.environ, "SKIP_VENV": "0"}
+    result = run_cookiecutter(tmp_path, "create_virtualenv=false", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "skipped .venv (run `make install` to create it)" in result.stdout
+    assert not (tmp_path / "my_service" / ".venv").exists()
