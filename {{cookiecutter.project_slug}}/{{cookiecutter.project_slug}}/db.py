@@ -8,12 +8,12 @@ from . import settings
 
 
 @cache
-def engine() -> Engine:
-    """Return this process's engine (created after fork, so workers never share sockets)."""
-    return create_engine(settings.DATABASE_URL, pool_pre_ping=True)
+def engine(url: str | None = None) -> Engine:
+    """Return this process's engine for url (default DATABASE_URL), created after fork."""
+    return create_engine(url or settings.DATABASE_URL, pool_pre_ping=True)
 
 
-def ping() -> None:
+def ping(url: str | None = None) -> None:
     """Run a trivial query; raises when the database is unreachable."""
-    with engine().connect() as connection:
+    with engine(url).connect() as connection:
         connection.execute(text("SELECT 1"))

@@ -30,11 +30,14 @@ def _check(name, probe):
 
 
 def _ping_broker():
+    url = celery.conf.broker_url
+    if url.startswith("sqla+"):
+        # The embedded broker is a database: probe it directly. kombu's sqla channels keep their
+        # pooled connection, and a probe per request would exhaust the pool.
+        db.ping(url.removeprefix("sqla+"))
+        return
     with celery.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, interval_start=0, timeout=2)
-        # Virtual transports (sqla) connect lazily: declaring the task queue really touches the broker.
-        queue = celery.conf.task_default_queue
-        connection.default_channel.queue_declare(queue=queue, durable=True, auto_delete=False)
 {%- endif %}
 
 
