@@ -17,7 +17,7 @@ GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
 class Load:
     """Bounded keep-alive load on 127.0.0.1:port: `threads` clients loop GET / until stopped."""
 
-    def __init__(self, port, threads=16, max_seconds=300):
+    def __init__(self, port, threads=50, max_seconds=300):
         self.port, self.deadline = port, time.monotonic() + max_seconds
         self.ok, self.failures, self.running = 0, [], True
         self.lock = threading.Lock()
@@ -73,6 +73,20 @@ def health(port):
     return json.loads(connection.getresponse().read())
 
 
+# A user's task that leaves a trace of every execution, added to the service before its first commit.
+RECORD_TASK = """
+
+@celery.task
+def record(key: str, seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    with open(settings.STATE_DIR / "tmp" / "executions.log", "a") as log:
+        log.write(key + "\\n")
+    return key
+"""
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, wheelhouse):
     """A baked service in git, first deployed (and so started) into var/deploy; stopped after."""
@@ -80,6 +94,10 @@ def service(tmp_path_factory, wheelhouse):
     require("make")
     port = free_port()
     project = bake(tmp_path_factory.mktemp("deploy"), http_port=port)
+    with open(project / "my_service" / "tasks.py", "a") as tasks:
+        tasks.write(RECORD_TASK)
+    with open(project / ".env", "a") as env:
+        env.write("CELERY_CONCURRENCY=16\n")
     sh(project, "git", "init", "-q")
     first = commit(project, "v1")
     try:
@@ -98,17 +116,44 @@ def test_first_deploy_serves_the_committed_revision_from_a_release(service):
     assert (current / ".env").resolve() == root / "shared" / ".env"
 
 
-def test_deploys_a_broken_release_and_a_rollback_drop_no_request(service):
-    """Under load: a deploy, a refused broken release, a rollback: 0 failed requests, each step observed."""
+def test_tasks_in_flight_across_two_deploys_complete_exactly_once(service):
+    """200 tasks of 1-3 s, sent before two deploys that restart the worker: each runs exactly once."""
+    project, root = service["project"], service["root"]
+    send = (
+        "import random\n"
+        "from my_service.tasks import record\n"
+        "for key in range(200):\n"
+        "    record.delay(str(key), random.uniform(1, 3))\n"
+    )
+    current = root / "current"
+    sh(current, current / ".venv/bin/python", "-c", send)
+    for name in ("tasks-a", "tasks-b"):
+        (project / "CHANGES.txt").write_text(name + "\n")
+        revision = commit(project, name)
+        sh(project, "make", "deploy", KEEP_RELEASES="3")
+        assert health(service["port"])["release"] == revision
+    log = root / "shared" / "tmp" / "executions.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(log.read_text().split()) < 200:
+        time.sleep(1)
+    time.sleep(3)  # a duplicate would arrive late: give it the chance
+    executed = log.read_text().split()
+    assert sorted(executed, key=int) == [str(key) for key in range(200)]
+
+
+def test_three_deploys_a_broken_release_and_a_rollback_drop_no_request(service):
+    """Under 50 connections: 3 deploys, a refused broken release, a rollback; 0 failures, each step seen."""
     project, port, root = service["project"], service["port"], service["root"]
     media = root / "shared" / "media" / "upload.txt"
-    media.write_text("kept")
+    media.write_text("<script>kept</script>")
     index = project / "my_service" / "templates" / "index.html"
+    revisions = []
     with Load(port) as load:
-        index.write_text(index.read_text().replace("It works.", "It works, v2."))
-        second = commit(project, "v2")
-        sh(project, "make", "deploy", KEEP_RELEASES="3")
-        assert health(port)["release"] == second
+        for version in ("v2", "v3", "v4"):
+            index.write_text(index.read_text().replace("It works", f"It works ({version})", 1))
+            revisions.append(commit(project, version))
+            sh(project, "make", "deploy", KEEP_RELEASES="3")
+            assert health(port)["release"] == revisions[-1]
 
         wsgi = project / "my_service" / "wsgi.py"
         wsgi.write_text(wsgi.read_text() + "\nraise RuntimeError('broken release')\n")
@@ -116,12 +161,23 @@ def test_deploys_a_broken_release_and_a_rollback_drop_no_request(service):
         refused = sh(project, "make", "deploy", check=False, KEEP_RELEASES="3")
         assert refused.returncode != 0
         assert "unhealthy" in refused.stderr and "broken release" in refused.stderr
-        assert (root / "current").resolve().name.endswith("-" + second)
-        assert health(port)["release"] == second
+        assert (root / "current").resolve().name.endswith("-" + revisions[-1])
+        assert health(port)["release"] == revisions[-1]
 
         sh(project, "make", "rollback")
-        assert health(port)["release"] == service["first"]
-        time.sleep(1)
+        assert health(port)["release"] == revisions[-2]
     assert load.ok > 100
     assert load.failures == []
-    assert media.read_text() == "kept"
+    assert len(list((root / "releases").iterdir())) <= 3 + 1  # kept ones, plus the refused one
+
+
+def test_uploads_survive_deploys_and_are_served_as_inert_downloads(service):
+    media = service["root"] / "shared" / "media" / "upload.txt"
+    assert media.read_text() == "<script>kept</script>"
+    connection = http.client.HTTPConnection("127.0.0.1", service["port"], timeout=30)
+    connection.request("GET", "/media/upload.txt")
+    response = connection.getresponse()
+    assert response.status == 200 and response.read() == b"<script>kept</script>"
+    assert response.getheader("Content-Type") == "application/octet-stream"
+    assert response.getheader("X-Content-Type-Options") == "nosniff"
+    assert "sandbox" in response.getheader("Content-Security-Policy")

@@ -78,6 +78,7 @@ CELERY_RESULT_BACKEND = env.str(
     validate=_url_scheme("db+sqlite", "db+postgresql", "redis", "rediss", "rpc"),
 )
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", 25, validate=Range(min=1, max=3600))
+CELERY_CONCURRENCY = env.int("CELERY_CONCURRENCY", 2, validate=Range(min=1, max=256))
 {%- endif %}
 {%- if cookiecutter.use_sentry %}
 SENTRY_DSN = env.str("SENTRY_DSN", "", validate=_sentry_dsn)

@@ -24,6 +24,7 @@ celery.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
+    worker_concurrency=settings.CELERY_CONCURRENCY,
     task_time_limit=settings.CELERY_TASK_TIME_LIMIT,
     task_soft_time_limit=max(1, settings.CELERY_TASK_TIME_LIMIT - 5),
     task_serializer="json",
