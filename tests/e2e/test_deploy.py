@@ -155,20 +155,36 @@ def test_three_deploys_a_broken_release_and_a_rollback_drop_no_request(service):
             sh(project, "make", "deploy", KEEP_RELEASES="3")
             assert health(port)["release"] == revisions[-1]
 
+        # Refused: a release that cannot import, and one whose settings need a key that this
+        # checkout's .env has but the deployed shared/.env lacks.
+        with open(project / ".env", "a") as env:
+            env.write("PAYMENT_API_KEY=local-only\n")
+        settings = project / "my_service" / "settings.py"
         wsgi = project / "my_service" / "wsgi.py"
-        wsgi.write_text(wsgi.read_text() + "\nraise RuntimeError('broken release')\n")
-        commit(project, "broken")
-        refused = sh(project, "make", "deploy", check=False, KEEP_RELEASES="3")
-        assert refused.returncode != 0
-        assert "unhealthy" in refused.stderr and "broken release" in refused.stderr
-        assert (root / "current").resolve().name.endswith("-" + revisions[-1])
-        assert health(port)["release"] == revisions[-1]
+        breakages = [
+            (wsgi, "\nraise RuntimeError('broken release')\n", "broken release"),
+            (settings, '\nPAYMENT_API_KEY = env.str("PAYMENT_API_KEY")\n', "PAYMENT_API_KEY"),
+        ]
+        for path, addition, reason in breakages:
+            original = path.read_text()
+            path.write_text(
+                original.replace("\ntry:\n    env.seal()", addition + "\ntry:\n    env.seal()", 1)
+                if path == settings
+                else original + addition
+            )
+            commit(project, f"broken: {reason}")
+            refused = sh(project, "make", "deploy", check=False, KEEP_RELEASES="3")
+            assert refused.returncode != 0
+            assert "unhealthy" in refused.stderr and reason in refused.stderr, refused.stderr
+            assert (root / "current").resolve().name.endswith("-" + revisions[-1])
+            assert health(port)["release"] == revisions[-1]
+            path.write_text(original)
 
         sh(project, "make", "rollback")
         assert health(port)["release"] == revisions[-2]
     assert load.ok > 100
     assert load.failures == []
-    assert len(list((root / "releases").iterdir())) <= 3 + 1  # kept ones, plus the refused one
+    assert len(list((root / "releases").iterdir())) <= 3 + 2  # kept ones, plus the refused ones
 
 
 def test_uploads_survive_deploys_and_are_served_as_inert_downloads(service):

@@ -150,7 +150,7 @@ def test_hashed_asset_is_cached_for_a_year_with_security_headers(service):
 def test_uwsgi_itself_serves_hashed_assets_with_a_30_day_expires(service):
     """Without nginx in front, uWSGI's static-map + static-expires-uri serve the same files."""
     project = service["project"]
-    manifest = json.loads((project / "var/static/build/manifest.json").read_text())
+    manifest = json.loads((project / "var/static/build/manifest-dev.json").read_text())
     status, headers, content = uwsgi_get(
         project / "var/run/uwsgi.sock", "/static/" + manifest["css/site.css"]
     )

@@ -14,5 +14,5 @@ def test_hashed_name_changes_with_content(tmp_path):
     assert first != second
     # The old hashed copy stays: pages rendered before the change keep working.
     assert (tmp_path / "out" / first).is_file() and (tmp_path / "out" / second).is_file()
-    manifest = json.loads((tmp_path / "out" / "build" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / assets.MANIFEST).read_text())
     assert manifest == {"css/a.css": second}

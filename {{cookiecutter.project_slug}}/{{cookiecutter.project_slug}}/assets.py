@@ -1,7 +1,7 @@
 """Static assets: build content-hashed copies plus a manifest, and resolve URLs through it.
 
 `python -m {{ cookiecutter.project_slug }}.assets` copies static/ into STATIC_ROOT and writes
-STATIC_ROOT/build/<name>.<hash><ext> and STATIC_ROOT/build/manifest.json. Hashed names change
+STATIC_ROOT/build/<name>.<hash><ext> and STATIC_ROOT/build/manifest-<release>.json. Hashed names change
 when the content does, so nginx and uWSGI can tell browsers to cache them for a year.
 """
 
@@ -17,7 +17,8 @@ from flask import Flask
 from . import settings
 
 SOURCE_DIR = settings.BASE_DIR / "static"
-MANIFEST = "build/manifest.json"
+# One manifest per release: a release that is built but refused never changes what others read.
+MANIFEST = f"build/manifest-{settings.RELEASE}.json"
 
 
 def build(source: Path = SOURCE_DIR, target: Path = settings.STATIC_ROOT) -> dict[str, str]:
