@@ -173,3 +173,15 @@ def test_settings_is_the_only_module_that_reads_the_environment(baked):
         if re.search(r"os\.environ|os\.getenv|dotenv", path.read_text())
     }
     assert readers == {"settings.py"}
+
+
+def test_deploy_script_reads_as_a_runbook(baked):
+    """bin/deploy: a header listing its steps, each a function of at most 25 lines, called in order."""
+    _, project = baked
+    source = (project / "bin" / "deploy").read_text()
+    tree = ast.parse(source)
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert all(node.end_lineno - node.lineno < 25 for node in functions.values())
+    steps = re.findall(r"^  \d\. (\w+)", ast.get_docstring(tree), flags=re.MULTILINE)
+    assert steps[:3] == ["take_lock", "build_release", "check_settings"] and "switch_current" in steps
+    assert all(name in functions for name in steps)

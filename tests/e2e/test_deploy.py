@@ -52,6 +52,14 @@ class Load:
             thread.join(timeout=60)
 
 
+def diagnostics(root):
+    """nginx's errors and uWSGI's events (not its request lines), to explain a failed request."""
+    log = root / "shared" / "log"
+    errors = (log / "nginx-error.log").read_text().splitlines()[-10:]
+    events = [line for line in (log / "uwsgi.log").read_text().splitlines() if " - " in line[:30]]
+    return "\n".join(["--- nginx-error.log", *errors, "--- uwsgi.log events", *events[-60:]])
+
+
 def sh(project, *command, check=True, **env):
     result = subprocess.run(
         command, cwd=project, capture_output=True, text=True, timeout=300, env={**os.environ, **env}
@@ -183,7 +191,7 @@ def test_three_deploys_a_broken_release_and_a_rollback_drop_no_request(service):
         sh(project, "make", "rollback")
         assert health(port)["release"] == revisions[-2]
     assert load.ok > 100
-    assert load.failures == []
+    assert load.failures == [], diagnostics(root)
     assert len(list((root / "releases").iterdir())) <= 3 + 2  # kept ones, plus the refused ones
 
 
