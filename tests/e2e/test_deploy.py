@@ -1,5 +1,6 @@
 """End to end: `make deploy` and `make rollback` under load, through nginx, without a failed request."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -112,7 +113,12 @@ def service(tmp_path_factory, wheelhouse):
         sh(project, "make", "deploy", KEEP_RELEASES="3")
         yield {"project": project, "port": port, "root": project / "var" / "deploy", "first": first}
     finally:
-        sh(project, "make", "stop", check=False)
+        stop = sh(project, "make", "stop", check=False, DEPLOY_ROOT=str(project / "var" / "deploy"))
+        # If `make stop` failed half-way, the groups its pidfiles name are killed here.
+        for pidfile in (project / "var" / "deploy" / "shared" / "run").glob("*.p*id"):
+            with contextlib.suppress(ValueError, ProcessLookupError):
+                if stop.returncode != 0:
+                    os.killpg(int(pidfile.read_text()), 9)
 
 
 def test_first_deploy_serves_the_committed_revision_from_a_release(service):
