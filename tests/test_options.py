@@ -15,6 +15,7 @@ GOOD_ANSWERS = [
     {"author_email": "ops+billing@example.co.uk"},
     {"domain_name": "api.billing.example.org"},
     {"domain_name": "localhost"},
+    {"use_tls": True},
     {"python_version": "3.11"},
     {"python_version": "3.12"},
     {"python_version": "3.13"},

@@ -62,6 +62,8 @@ DATA_DIR = STATE_DIR / "data"
 STATIC_ROOT = STATE_DIR / "static"
 MEDIA_ROOT = STATE_DIR / "media"
 DEPLOY_ROOT = BASE_DIR / env.path("DEPLOY_ROOT", STATE_DIR / "deploy")
+# `make doctor` fails when the state directory or the deploy root has less free disk than this.
+DISK_FREE_MIN_MB = env.int("DISK_FREE_MIN_MB", 500, validate=Range(min=0))
 
 DATABASE_URL = env.str(
     "DATABASE_URL", f"sqlite:///{DATA_DIR}/app.sqlite3", validate=_url_scheme("sqlite", "postgresql")
@@ -106,5 +108,9 @@ except EnvValidationError as error:
     raise ImproperlyConfigured(message) from None
 
 if __name__ == "__main__":
-    # `python -m <package>.settings KEY...` checks the settings and prints values for shell scripts.
+    # `python -m <package>.settings KEY...` checks the settings and prints values for shell scripts;
+    # secrets are never printed (they would end up in terminals, CI logs and shell history).
+    secrets = [key for key in sys.argv[1:] if key.endswith(("_KEY", "_URL", "_DSN", "_PASSWORD", "_TOKEN"))]
+    if secrets:
+        sys.exit(f"error: {secrets[0]}: a secret, never printed; code reads it from settings")
     print(*(globals()[key] for key in sys.argv[1:]))
