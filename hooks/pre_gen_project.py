@@ -75,7 +75,7 @@ CHECKS = {
     "python_version": one_of("3.11", "3.12", "3.13"),
     "use_celery": boolean,
     "use_sentry": boolean,
-    "deploy_root": matches(r"(/[\w.-]+)+", "an absolute directory path without spaces or quotes, like /srv"),
+    "deploy_root": matches(r"(/(?!\.+(/|$))[\w.-]+)+", "an absolute path like /srv: no spaces, quotes, .."),
     "http_port": number(1, 65535),
     "processes": number(1, 256),
     "process_manager": one_of("systemd", "emperor"),
