@@ -21,6 +21,10 @@ SLUG = ANSWERS["project_slug"]
 PRUNE = {
     "use_celery": {False: [f"{SLUG}/tasks.py", "tests/test_tasks.py"]},
     "use_sentry": {False: ["tests/test_observability.py"]},
+    "process_manager": {
+        "systemd": ["deploy/emperor", "deploy/systemd/uwsgi-emperor.service"],
+        "emperor": [f"deploy/systemd/{SLUG}.service"],
+    },
 }
 
 

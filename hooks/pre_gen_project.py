@@ -1,8 +1,7 @@
 """Validate every answer before a single file is written.
 
-CHECKS maps each field to a check that returns what is allowed when the answer is bad, else None.
-`main()` prints one `error: <field>=<value>: expected <allowed>` line per bad answer and exits 1;
-cookiecutter then removes the half-made output directory.
+CHECKS maps each field to a check returning what is allowed when the answer is bad, else None;
+`main()` prints `error: <field>=<value>: expected <allowed>` per bad answer, exits 1 (no output).
 """
 
 import json

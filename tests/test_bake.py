@@ -16,6 +16,7 @@ MATRIX = [
     {"use_celery": False},
     {"use_sentry": False},
     {"use_celery": False, "use_sentry": False, "cheap_mode": True},
+    {"process_manager": "emperor"},
 ]
 
 
@@ -84,6 +85,25 @@ def test_disabled_options_leave_no_trace(baked):
     assert ("import sentry_sdk" in code or "from sentry_sdk" in code) == sentry
     assert ("from .tasks" in code) == celery
     assert ("SENTRY_DSN=" in (project / ".env.example").read_text()) == sentry
+
+
+def test_process_manager_decides_what_starts_uwsgi_on_servers(baked):
+    """systemd: one unit per service. emperor: a vassal ini and the Emperor's own ini and unit."""
+    answers, project = baked
+    emperor = answers.get("process_manager", "systemd") == "emperor"
+    deploy = project / "deploy"
+    assert (deploy / "systemd" / f"{project.name}.service").exists() == (not emperor)
+    assert (deploy / "systemd" / "uwsgi-emperor.service").exists() == emperor
+    assert (deploy / "emperor" / f"{project.name}.ini").exists() == emperor
+    assert (deploy / "emperor" / "emperor.ini").exists() == emperor
+    for ini in deploy.rglob("*.ini"):
+        lines = [line for line in ini.read_text().splitlines() if line and not line.startswith(("#", ";"))]
+        assert lines[:2] == ["[uwsgi]", "strict = true"], ini
+        assert not any(re.search(r"\s[#;]", line.split("=", 1)[-1]) for line in lines[2:]), ini
+    if emperor:
+        vassal = (deploy / "emperor" / f"{project.name}.ini").read_text()
+        assert f"ini = /srv/{project.name}/current/deploy/uwsgi.ini" in vassal
+        assert "emperor-tyrant = true" in (deploy / "emperor" / "emperor.ini").read_text()
 
 
 def test_env_file_is_private_ignored_and_complete(baked):
