@@ -138,7 +138,7 @@ BAD_BOOLEANS = [
 ]
 
 
-@pytest.mark.parametrize("field,value", BAD_BOOLEANS, ids=[f"{field}={value!r}" for field, value in BAD_BOOLEANS])
+@pytest.mark.parametrize("field,value", BAD_BOOLEANS, ids=[f"{key}={value!r}" for key, value in BAD_BOOLEANS])
 def test_bad_yes_no_answer_in_a_replay_file_is_refused_with_one_line(tmp_path, field, value):
     """A hand-edited replay holding a non-boolean: our one line, exit 1, nothing written."""
     answers = {key: value for key, value in OPTIONS.items() if not key.startswith("_")}
@@ -158,7 +158,7 @@ def test_bad_yes_no_answer_in_a_replay_file_is_refused_with_one_line(tmp_path, f
 
 @pytest.mark.parametrize("field", [key for key, value in OPTIONS.items() if isinstance(value, bool)])
 def test_bad_yes_no_answer_on_the_command_line_is_refused_by_cookiecutter(tmp_path, field):
-    """cookiecutter itself converts yes/no answers before our checks: it names the field, exit 1, no output."""
+    """cookiecutter converts yes/no answers before our checks: it names the field, exit 1, no output."""
     result = run_cookiecutter(tmp_path, f"{field}=perhaps")
     assert result.returncode == 1
     assert f"perhaps provided for variable {field} could not be converted to a boolean" in result.stderr

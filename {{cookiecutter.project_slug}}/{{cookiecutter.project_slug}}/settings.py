@@ -52,7 +52,11 @@ SECRET_KEY = env.str("SECRET_KEY", validate=Length(min=32))
 LOG_LEVEL = env.log_level("LOG_LEVEL", "INFO")
 # Port of the local nginx that `make serve` starts.
 HTTP_PORT = env.int("HTTP_PORT", {{ cookiecutter.http_port }}, validate=Range(min=1, max=65535))
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["{{ cookiecutter.domain_name }}", "localhost", "127.0.0.1"])
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS",
+    ["{{ cookiecutter.domain_name }}", "localhost", "127.0.0.1"],
+    validate=Length(min=1),
+)
 
 # Every path the service writes under; the uWSGI ini exports the same STATE_DIR.
 STATE_DIR = BASE_DIR / env.path("STATE_DIR", "var")
