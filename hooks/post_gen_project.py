@@ -1,7 +1,9 @@
 """Finish the baked service: prune unused files, write .env, create the virtualenv.
 
-Side effects that must not happen in throwaway renders (the virtualenv) are skipped when
-SKIP_VENV=1; tests set it, and so does anyone who wants to run `make install` later.
+Two environment switches turn side effects off: SKIP_VENV=1 (tests, or anyone who runs `make
+install` later) skips the virtualenv; SHIPSHAPE_UPDATE=1 (set by the service's `make update`
+around `cruft update`) marks the throwaway renders of the old and the new template, which get no
+.env, no secret and no virtualenv.
 """
 
 import json
@@ -26,6 +28,11 @@ PRUNE = {
         "emperor": [f"deploy/systemd/{SLUG}.service"],
     },
 }
+
+# Set by the service's bin/update around `cruft update`: cruft renders the old and the new template
+# with these hooks in temporary folders, where a fresh secret would become a change to .env and a
+# virtualenv would be built for nothing (PITFALLS.md section 18). Pruning still runs there.
+UPDATE_SWITCH = "SHIPSHAPE_UPDATE"
 
 
 def prune(answers, root):
@@ -88,6 +95,9 @@ def print_next_steps(root):
 def main():
     root = Path.cwd()
     prune(ANSWERS, root)
+    if os.environ.get(UPDATE_SWITCH) == "1":
+        print(f"==> rendering for an update ({UPDATE_SWITCH}=1): no .env, no .venv")
+        return 0
     write_env(root)
     create_venv(ANSWERS, root)
     print_next_steps(root)

@@ -39,7 +39,8 @@ def test_no_template_syntax_is_left_behind(baked):
     _, project = baked
     for path in files(project):
         text = path.read_text()
-        assert "cookiecutter" not in text, path
+        # `cookiecutter.` catches leftovers; the name alone is a pinned dependency of cruft (`make update`).
+        assert "cookiecutter." not in text, path
         if path.suffix != ".html":
             assert "{{" not in text and "{%" not in text, path
 
