@@ -40,6 +40,11 @@ def cleanup_tmp(max_age: float = 24 * 3600) -> int:
 
 
 JOBS = {"heartbeat": heartbeat, "cleanup_tmp": cleanup_tmp}
+{%- if cookiecutter.use_sentry %}
+# Each job's schedule (crontab syntax) and the seconds a run may take (its harakiri), for its Sentry
+# cron monitor: the cron2 lines of deploy/uwsgi.ini say the same (tests/test_observability.py).
+SCHEDULES = {"heartbeat": ("* * * * *", 50), "cleanup_tmp": ("*/15 * * * *", 600)}
+{%- endif %}
 
 
 def run(name: str) -> int:
@@ -54,8 +59,17 @@ def run(name: str) -> int:
             return 0
         started = time.time()
 {%- if cookiecutter.use_sentry %}
-        # A Sentry cron monitor per job: in progress, then ok or error (a no-op without SENTRY_DSN).
-        with monitor(monitor_slug=f"{{ cookiecutter.project_slug }}-{name}".replace("_", "-")):
+        # A Sentry cron monitor per job (a no-op without SENTRY_DSN): in progress, then ok or error.
+        # A run killed by harakiri sends neither: Sentry reports it once max_runtime has passed.
+        schedule, harakiri = SCHEDULES[name]
+        config = {
+            "schedule": {"type": "crontab", "value": schedule},
+            # Minutes: a run may start this late, and last this long (more than its harakiri).
+            "checkin_margin": 2,
+            "max_runtime": harakiri // 60 + 2,
+        }
+        slug = f"{{ cookiecutter.project_slug }}-{name}".replace("_", "-")
+        with monitor(monitor_slug=slug, monitor_config=config):
             result = JOBS[name]()
 {%- else %}
         result = JOBS[name]()

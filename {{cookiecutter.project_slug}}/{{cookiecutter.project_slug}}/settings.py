@@ -89,6 +89,7 @@ CELERY_CONCURRENCY = env.int("CELERY_CONCURRENCY", 2, validate=Range(min=1, max=
 {%- if cookiecutter.use_sentry %}
 SENTRY_DSN = env.str("SENTRY_DSN", "", validate=_sentry_dsn)
 SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", 0.0, validate=Range(min=0, max=1))
+SENTRY_PROFILES_SAMPLE_RATE = env.float("SENTRY_PROFILES_SAMPLE_RATE", 0.0, validate=Range(min=0, max=1))
 {%- endif %}
 
 # The deployed revision: RELEASE, else the REVISION file a deploy writes, else "dev".
