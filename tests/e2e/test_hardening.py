@@ -318,3 +318,48 @@ def test_make_serve_runs_a_use_tls_site_as_plain_http_on_loopback(tmp_path):
         text=True,
     )
     assert checked.returncode == 0, checked.stderr
+
+
+def ini_values(ini):
+    """{key: [values]} of a uWSGI ini, comments skipped."""
+    found = {}
+    for line in ini.splitlines():
+        if "=" in line and not line.startswith(("#", ";")):
+            key, value = (part.strip() for part in line.split("=", 1))
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def test_uwsgi_is_bounded_against_leaks_stuck_requests_and_big_headers(tmp_path):
+    """harakiri (below nginx's read timeout), reload-on-rss, buffer-size, post-buffering, a 660 socket."""
+    result = run_cookiecutter(tmp_path)
+    assert result.returncode == 0, result.stderr
+    project = tmp_path / "my_service"
+    ini = ini_values((project / "deploy/uwsgi.ini").read_text())
+    assert int(ini["harakiri"][0]) == 60
+    assert int(ini["reload-on-rss"][0]) > 0
+    assert int(ini["buffer-size"][0]) >= 32768
+    assert int(ini["post-buffering"][0]) > 0
+    # Recycling by request count met a chain reload and reset a connection: memory only.
+    assert "max-requests" not in ini
+    assert ini["chmod-socket"] == ["660"] and ini["chown-socket"] == ["%U:%(socket_group)"]
+    assert "set-placeholder" in ini and "socket_group=www-data" in ini["set-placeholder"]
+    site = (project / "deploy/nginx.conf").read_text()
+    read_timeout = int(re.search(r"uwsgi_read_timeout (\d+)s;", site).group(1))
+    assert read_timeout > int(ini["harakiri"][0]), "uWSGI, not nginx, decides a request is stuck"
+    assert site.count("server_tokens off;") == site.count("server {")
+    assert "Strict-Transport-Security" not in (project / "deploy/nginx/security-headers.conf").read_text()
+
+
+def test_env_is_ignored_by_git_and_never_committed(tmp_path):
+    """In a fresh repository of the baked service, `git add -A` stages .env.example but never .env."""
+    result = run_cookiecutter(tmp_path)
+    assert result.returncode == 0, result.stderr
+    project = tmp_path / "my_service"
+    git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
+    for command in (["init", "-q"], ["add", "-A"]):
+        subprocess.run([*git, *command], cwd=project, check=True, capture_output=True)
+    tracked = subprocess.run([*git, "ls-files"], cwd=project, check=True, capture_output=True, text=True)
+    assert ".env.example" in tracked.stdout.splitlines()
+    assert ".env" not in tracked.stdout.splitlines()
+    assert stat.S_IMODE(os.stat(project / ".env").st_mode) == 0o600
