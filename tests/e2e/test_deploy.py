@@ -156,13 +156,9 @@ def test_tasks_in_flight_across_two_deploys_complete_exactly_once(service):
 
 
 def test_three_deploys_two_refused_releases_and_a_rollback_under_load(service):
-    """Under 50 connections: 3 deploys, two refused releases, a rollback; each step seen on /health.
-
-    The issue's target is 0 failed requests. Measured: 0 in most runs; in some, 1 connection of about
-    150,000 is reset by a worker that a chain reload is replacing (uWSGI, 2 busy cores; not yet
-    understood). Until that is fixed the bound is 3 resets (502s): a deploy that stops and starts the
-    server, or reloads it all at once, fails it with hundreds.
-    """
+    """Under 50 connections: 3 deploys, two refused releases, a rollback; each step seen on /health,
+    and not one request fails (a single-threaded uWSGI worker reset about 1 in 150,000 during chain
+    reloads: see `threads` in deploy/uwsgi.ini)."""
     project, port, root = service["project"], service["port"], service["root"]
     media = root / "shared" / "media" / "upload.txt"
     media.write_text("<script>kept</script>")
@@ -203,9 +199,7 @@ def test_three_deploys_two_refused_releases_and_a_rollback_under_load(service):
         sh(project, "make", "rollback")
         assert health(port)["release"] == revisions[-2]
     assert load.ok > 100
-    assert len(load.failures) <= 3 and set(load.failures) <= {502}, diagnostics(root)
-    if load.failures:
-        print(f"{len(load.failures)} reset of {load.ok} requests:\n{diagnostics(root)}")
+    assert not load.failures, f"{len(load.failures)} of {load.ok} failed: {load.failures}\n{diagnostics(root)}"
     assert len(list((root / "releases").iterdir())) <= 3 + 2  # kept ones, plus the refused ones
 
 
