@@ -39,6 +39,7 @@ BAD_SETTINGS = [
     ("SENTRY_DSN", "https://sentry-secret-Ab12.example.com", True),
     ("SENTRY_TRACES_SAMPLE_RATE", "2", False),
     ("SENTRY_TRACES_SAMPLE_RATE", "half", False),
+    ("SENTRY_PROFILES_SAMPLE_RATE", "-0.1", False),
 ]
 
 
@@ -97,6 +98,17 @@ def test_bad_setting_stops_with_one_line_naming_the_key(service, case):
     if secret and value:
         assert value not in result.stderr
         assert value.split("://")[-1].split("@")[0] not in result.stderr
+
+
+def test_every_bad_setting_is_named_in_the_same_single_line(service):
+    """Three bad keys at once: one line naming all three, so one edit of .env fixes them all."""
+    for key, value in (("HTTP_PORT", "x"), ("APP_ENV", "prod"), ("SECRET_KEY", "short-secret-Lm3")):
+        set_env(service, key, value)
+    result = run(service, ".venv/bin/python", "-m", "my_service.settings")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert all(f"{key}:" in line for key in ("HTTP_PORT", "APP_ENV", "SECRET_KEY"))
+    assert "short-secret-Lm3" not in line
 
 
 def test_settings_refuse_to_print_a_secret(service):
