@@ -64,8 +64,8 @@ def make_template_repo(path):
 
 
 def tree(root):
-    """Every file below root (relative path -> text), without .git and .venv."""
-    skip = {".git", ".venv"}
+    """Every file below root (relative path -> text), without git's and the tools' own directories."""
+    skip = {".git", ".venv", ".ruff_cache", ".pytest_cache", "__pycache__"}
     return {
         str(path.relative_to(root)): path.read_text()
         for path in sorted(root.rglob("*"))
@@ -211,6 +211,7 @@ def test_make_update_refuses_a_dirty_tree_in_one_line(cruft_service, user_env):
 
 
 def test_make_update_without_a_venv_says_to_run_make_install(cruft_service, user_env):
+    """cruft comes from the service's own .venv (pinned in requirements-dev.txt)."""
     service, _ = cruft_service
     require("make")
     result = run("make", "--no-print-directory", "update", cwd=service, env=user_env, check=False)
@@ -332,7 +333,7 @@ def lifecycle(tmp_path_factory, wheelhouse):
     venv_before = venv_snapshot(service)
     v2 = template_v2(template)
     facts = {"service": service, "template": template, "env": env, "secret": secret, "v2": v2}
-    facts["check_stale"] = run(service / "bin" / "update", "--check", cwd=service, env=env, check=False)
+    facts["lint_stale"] = run("make", "--no-print-directory", "lint", cwd=service, env=env, check=False)
     facts["cruft_check_stale"] = cruft("check", cwd=service, env=env, check=False)
     # As a user runs it: no SKIP_VENV, so only SHIPSHAPE_UPDATE keeps cruft's renders from building venvs.
     update_env = {key: value for key, value in env.items() if key != "SKIP_VENV"}
@@ -342,7 +343,7 @@ def lifecycle(tmp_path_factory, wheelhouse):
     facts["files"] = tree(service)
     commit_all(service, "update from the template")
     facts["status_after_commit"] = git(service, "status", "--porcelain")
-    facts["check_current"] = run(service / "bin" / "update", "--check", cwd=service, env=env, check=False)
+    facts["lint_current"] = run("make", "--no-print-directory", "lint", cwd=service, env=env, check=False)
     facts["cruft_check_current"] = cruft("check", cwd=service, env=env, check=False)
     return facts
 
@@ -396,50 +397,96 @@ def test_update_leaves_the_virtualenv_alone(lifecycle):
 
 
 def test_the_updated_service_is_clean_once_committed(lifecycle):
+    """Nothing the update leaves behind is untracked or ignored by mistake: one commit takes it all."""
     assert lifecycle["status_after_commit"] == ""
 
 
-def test_lint_check_reports_a_stale_service_until_it_is_updated(lifecycle):
-    """`make lint` runs bin/update --check: it fails while the template has newer commits, then passes."""
-    stale, current = lifecycle["check_stale"], lifecycle["check_current"]
-    assert stale.returncode == 1
-    assert stale.stderr.strip().endswith(": run `make update`")
+def test_make_lint_fails_on_a_stale_service_until_it_is_updated(lifecycle):
+    """`make lint` ends with `cruft check`: it fails while the template has newer commits, then passes."""
+    stale, current = lifecycle["lint_stale"], lifecycle["lint_current"]
+    assert stale.returncode != 0
+    assert re.search(
+        r"^error: the template has newer commits than \w+: run `make update`$", stale.stderr, re.M
+    )
     assert lifecycle["cruft_check_stale"].returncode == 1
     assert current.returncode == 0, current.stdout + current.stderr
-    assert "template: up to date" in current.stdout
+    assert "==> template: up to date" in current.stdout
     assert lifecycle["cruft_check_current"].returncode == 0
-    makefile = (lifecycle["service"] / "Makefile").read_text()
-    assert re.search(r"^lint:.*\n\t.*&& bin/update --check$", makefile, re.M)
+
+
+def copy_of(service, tmp_path):
+    """A copy of the updated service whose .venv links to the original's (copying it takes seconds)."""
+    copy = tmp_path / service.name
+    shutil.copytree(service, copy, symlinks=True, ignore=shutil.ignore_patterns(".venv"))
+    (copy / ".venv").symlink_to(service / ".venv")
+    exclude_venv_link(copy)
+    return copy
+
+
+def exclude_venv_link(service):
+    """.gitignore's `.venv/` matches a directory, not a link to one."""
+    with (service / ".git" / "info" / "exclude").open("a") as exclude:
+        exclude.write(".venv\n")
+
+
+def test_make_update_on_an_up_to_date_service_changes_nothing(lifecycle, tmp_path):
+    """A second `make update` says the service is already at the template's commit and exits 0."""
+    service = copy_of(lifecycle["service"], tmp_path)
+    result = run("make", "--no-print-directory", "update", cwd=service, env=lifecycle["env"], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"==> already at {lifecycle['v2'][:12]}" in result.stdout
+    assert git(service, "status", "--porcelain") == ""
+
+
+def template_branch(template, name, path, old, new):
+    """A template change on its own branch off main; main stays checked out, so other tests see v2."""
+    git(template, "checkout", "-q", "-b", name, "main")
+    edit(template / SERVICE / path, old, new)
+    commit_all(template, name)
+    git(template, "checkout", "-q", "main")
 
 
 def test_a_conflicting_template_change_fails_the_update_and_names_the_file(lifecycle, tmp_path):
     """cruft exits 0 on a conflict; `make update` exits 1 and lists the file to resolve."""
-    service = tmp_path / "my_service"
-    shutil.copytree(lifecycle["service"], service, symlinks=True)
-    template = lifecycle["template"]
-    edit(
-        template / SERVICE / "deploy" / "nginx.conf", "client_max_body_size 10m;", "client_max_body_size 50m;"
+    service = copy_of(lifecycle["service"], tmp_path)
+    nginx = "deploy/nginx.conf"
+    template_branch(lifecycle["template"], "v3-uploads", nginx, "body_size 10m;", "body_size 50m;")
+    result = run(
+        "make",
+        "--no-print-directory",
+        "update",
+        "CHECKOUT=v3-uploads",
+        cwd=service,
+        env=lifecycle["env"],
+        check=False,
     )
-    commit_all(template, "template v3: larger uploads")
-    result = run("make", "--no-print-directory", "update", cwd=service, env=lifecycle["env"], check=False)
     assert result.returncode != 0, result.stdout + result.stderr
     assert "error: the update left conflicts" in result.stderr
-    assert re.search(r"^  deploy/nginx\.conf: ", result.stderr, re.M), result.stderr
+    assert "  deploy/nginx.conf: conflict markers" in result.stderr.splitlines(), result.stderr
+    assert "<<<<<<< " in (service / nginx).read_text()
 
 
 def test_changes_that_do_not_apply_leave_rej_files_that_are_listed(lifecycle, tmp_path):
     """Without the template's old files in git history cruft writes .rej files, even for .env.example."""
-    service = tmp_path / "my_service"
-    shutil.copytree(lifecycle["service"], service, symlinks=True)
+    service = copy_of(lifecycle["service"], tmp_path)
     # A team that moved the service into a fresh repository: git cannot merge three ways any more.
     shutil.rmtree(service / ".git")
     git(service, "init", "-q", "-b", "main")
+    exclude_venv_link(service)
     edit(service / ".env.example", "# DEBUG, INFO", "# Log level: DEBUG, INFO")
     commit_all(service, "imported")
-    template = lifecycle["template"]
-    edit(template / SERVICE / ".env.example", "# DEBUG, INFO", "# One of DEBUG, INFO")
-    commit_all(template, "template: reword a comment")
-    result = run("make", "--no-print-directory", "update", cwd=service, env=lifecycle["env"], check=False)
+    template_branch(
+        lifecycle["template"], "v3-wording", ".env.example", "# DEBUG, INFO", "# One of DEBUG, INFO"
+    )
+    result = run(
+        "make",
+        "--no-print-directory",
+        "update",
+        "CHECKOUT=v3-wording",
+        cwd=service,
+        env=lifecycle["env"],
+        check=False,
+    )
     assert result.returncode != 0, result.stdout + result.stderr
     assert "  .env.example: rejected changes in .env.example.rej" in result.stderr.splitlines()
     assert "?? .env.example.rej" in git(service, "status", "--porcelain").splitlines()
