@@ -73,6 +73,15 @@ def tree(root):
     }
 
 
+def modes(root):
+    """Permission bits of every file but .cruft.json: executable scripts, the private .env."""
+    return {
+        str(path.relative_to(root)): stat.S_IMODE(path.stat().st_mode)
+        for path in root.rglob("*")
+        if path.is_file() and path.name != ".cruft.json"
+    }
+
+
 def without_secret(files):
     """The tree with .env's SECRET_KEY value blanked: the one thing that must differ between bakes."""
     env = re.sub(r"(?m)^SECRET_KEY=.*$", "SECRET_KEY=", files[".env"])
@@ -120,7 +129,8 @@ def test_cruft_create_and_cookiecutter_bake_the_same_service(tmp_path, user_env,
     state = json.loads(created_files.pop(".cruft.json"))
     assert without_secret(created_files) == without_secret(tree(baked))
     assert secret_of(baked) != secret_of(created)
-    assert stat.S_IMODE((created / ".env").stat().st_mode) == 0o600
+    assert modes(created) == modes(baked)
+    assert modes(created)[".env"] == 0o600
     assert state["commit"] == git(template, "rev-parse", "HEAD").strip()
     assert state["template"] == str(template)
     assert {key: state["context"]["cookiecutter"][key] for key in answers} == answers
