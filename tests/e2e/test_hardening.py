@@ -29,6 +29,15 @@ SECURITY_HEADERS = {
 }
 
 
+# A page of the user's that sets its own policy: nginx's default must step aside, not add a second.
+OWN_CSP_VIEW = """
+
+@pages.route("/own-csp")
+def own_csp():
+    return "strict page", 200, {"Content-Security-Policy": "default-src 'none'"}
+"""
+
+
 def raw_request(port, path, method="GET", headers=None, body=b""):
     """(status, headers as a list of pairs, body) for one request sent byte for byte."""
     head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
@@ -56,6 +65,8 @@ def served(tmp_path_factory, wheelhouse):
     require("make")
     port = free_port()
     project = bake(tmp_path_factory.mktemp("hardening"), http_port=port)
+    with open(project / "my_service/views.py", "a") as views:
+        views.write(OWN_CSP_VIEW)
     groups = []
     try:
         result = subprocess.run(["make", "serve"], cwd=project, capture_output=True, text=True, timeout=180)
@@ -118,7 +129,7 @@ def test_dotfiles_backups_and_traversal_are_refused(served, path):
 
 
 def test_every_location_sends_the_security_headers_once(served):
-    """The add_header trap: each location with its own add_header re-includes the snippet."""
+    """The add_header trap: every location re-includes the snippet; an app page's own CSP wins alone."""
     port, project = served["port"], served["project"]
     _, _, page = raw_request(port, "/")
     stylesheet = re.search(r'href="(/static/build/[^"]+)"', page).group(1)
@@ -140,6 +151,9 @@ def test_every_location_sends_the_security_headers_once(served):
         assert len(values(headers, "Content-Security-Policy")) <= 1, where
     csp = values(answers["app page"][1], "Content-Security-Policy")
     assert csp and csp[0].startswith("default-src 'self'")
+    status, headers, _ = raw_request(port, "/own-csp")
+    assert status == 200
+    assert values(headers, "Content-Security-Policy") == ["default-src 'none'"]
     # Uploaded files: downloads of inert data, never a page that runs scripts.
     media = answers["media"][1]
     assert values(media, "Content-Type") == ["application/octet-stream"]
