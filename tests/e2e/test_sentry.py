@@ -145,6 +145,7 @@ def test_web_error_through_nginx_reaches_sentry_with_release_and_environment(ser
     assert exception["value"] == f"payment backend refused [Filtered] ({len(service['secrets'][0])})"
     assert (event["release"], event["environment"]) == (RELEASE, "staging")
     assert event["request"]["url"].endswith("/boom") and event["request"]["method"] == "POST"
+    assert event["request"]["data"] == {"note": "[Filtered]"}
     frame = exception["stacktrace"]["frames"][-1]
     assert frame["function"] == "boom" and "[Filtered]" in frame["vars"]["token"]
     assert_no_secret_sent(service)

@@ -154,6 +154,8 @@ def test_unhandled_web_error_is_reported_with_its_request(app, envelopes):
     assert exception["mechanism"]["type"] == "flask"
     assert exception["value"] == f"cannot reach {observability.FILTERED} (46)"
     assert event["request"]["url"].endswith("/boom")
+    assert event["request"]["data"] == {"note": observability.FILTERED}
+    assert event["request"]["query_string"] == f"next={observability.FILTERED}"
     assert (event["release"], event["environment"]) == (settings.RELEASE, "test")
     frame = exception["stacktrace"]["frames"][-1]
     assert frame["function"] == "boom" and observability.FILTERED in frame["vars"]["signing"]
