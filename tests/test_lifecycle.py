@@ -448,6 +448,19 @@ def test_make_update_on_an_up_to_date_service_changes_nothing(lifecycle, tmp_pat
     assert git(service, "status", "--porcelain") == ""
 
 
+def test_make_lint_only_warns_when_the_template_cannot_be_reached(lifecycle, tmp_path):
+    """Offline or without access, lint still passes; the warning never shows a token from the URL."""
+    service = copy_of(lifecycle["service"], tmp_path)
+    state = json.loads((service / ".cruft.json").read_text())
+    state["template"] = "https://ci-bot:tok3n-Secret@127.0.0.1:9/shipshape.git"
+    (service / ".cruft.json").write_text(json.dumps(state, indent=2) + "\n")
+    commit_all(service, "template moved")
+    result = run("make", "--no-print-directory", "lint", cwd=service, env=lifecycle["env"], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning: could not reach the template to check for updates: unable to access" in result.stdout
+    assert "tok3n-Secret" not in result.stdout + result.stderr
+
+
 def template_branch(template, name, path, old, new):
     """A template change on its own branch off main; main stays checked out, so other tests see v2."""
     git(template, "checkout", "-q", "-b", name, "main")
