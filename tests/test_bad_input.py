@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import bake, require
+from conftest import bake, require, run_cookiecutter
 
 pytestmark = pytest.mark.venv
 
@@ -138,7 +138,7 @@ def test_doctor_passes_on_a_healthy_service(service):
     assert result.returncode == 0, result.stdout + result.stderr
     assert failed == []
     checks = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("OK ")]
-    assert checks == ["settings", "env_file", "uwsgi", "socket", "nginx", "listen", "disk"]
+    assert checks == ["settings", "env_file", "uwsgi", "socket", "nginx", "listen", "disk", "tls"]
 
 
 def break_settings(project):
@@ -203,8 +203,56 @@ def test_doctor_names_the_one_broken_thing_and_what_to_fix(service, check, break
     lines = result.stdout.splitlines()
     index = next(i for i, line in enumerate(lines) if line.startswith("FAIL "))
     assert lines[index + 1].lstrip().startswith("fix: ")
-    assert "1 of 7 checks failed" in result.stdout
+    assert "1 of 8 checks failed" in result.stdout
     if secret:
         assert secret not in result.stdout + result.stderr
     if check == "socket":
         assert stat.S_IMODE(os.stat(service / "var/run/uwsgi.sock").st_mode) == 0o666
+
+
+def certificate(directory, days, name="fullchain.pem", key="privkey.pem"):
+    require("openssl")
+    directory.mkdir(parents=True, exist_ok=True)
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", str(days)]
+    command += ["-subj", "/CN=localhost", "-keyout", directory / key, "-out", directory / name]
+    subprocess.run(command, check=True, capture_output=True)
+
+
+def tls_none(tls):
+    pass
+
+
+def tls_valid(tls):
+    certificate(tls, 90)
+
+
+def tls_expiring(tls):
+    certificate(tls, 3)
+
+
+def tls_wrong_key(tls):
+    certificate(tls, 90)
+    certificate(tls, 90, name="other.pem", key="privkey.pem")
+
+
+TLS_STATES = [
+    (tls_none, "is missing: nginx will not start"),
+    (tls_valid, None),
+    (tls_expiring, "expires within 14 days"),
+    (tls_wrong_key, "is not the key of"),
+]
+
+
+@pytest.mark.parametrize("prepare,failure", TLS_STATES, ids=["missing", "valid", "expiring", "wrong-key"])
+def test_doctor_checks_the_certificate_of_a_use_tls_site(tmp_path, prepare, failure):
+    """use_tls: doctor fails on a missing, expiring or mismatched certificate, and passes a good one."""
+    result = run_cookiecutter(tmp_path, "use_tls=true")
+    assert result.returncode == 0, result.stderr
+    project = tmp_path / "my_service"
+    prepare(project / "var" / "tls")
+    result, failed = doctor(project)
+    line = next(line for line in result.stdout.splitlines() if line.split()[1:2] == ["tls"])
+    if failure:
+        assert "tls" in failed and failure in line, result.stdout
+    else:
+        assert line.startswith("OK   tls") and "key matches" in line, result.stdout
