@@ -39,7 +39,7 @@ def init():
         init_sentry()
 
 
-# Keys whose values the SDK's scrubber blanks: its default list has "password" but not these (PITFALLS §14).
+# Keys whose values the SDK's scrubber blanks: its default list has "password" but not these.
 EXTRA_DENYLIST = [
     "secret_key",
     "database_url",
@@ -99,7 +99,8 @@ def value_scrubber(secrets: list[str]):
             return [scrub(item) for item in data]
         return data
 
-    # Errors, check-ins (which must not be dropped), transactions and breadcrumbs alike.
+    # Errors, check-ins (which must not be dropped), transactions and breadcrumbs alike. Should it
+    # ever raise, the SDK drops the event: nothing leaves unscrubbed.
     return lambda event, hint: scrub(event) if pattern else event
 
 
