@@ -229,6 +229,16 @@ def test_make_update_without_a_venv_says_to_run_make_install(cruft_service, user
     assert "error: .venv/bin/cruft is missing: run `make install`" in result.stderr
 
 
+def test_bin_update_refuses_unknown_arguments_in_one_line(cruft_service, user_env):
+    """A typo never starts an update: one line naming what is allowed, exit 1."""
+    service, _ = cruft_service
+    result = run(service / "bin" / "update", "--force", cwd=service, env=user_env, check=False)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert (
+        result.stderr == "error: arguments=--force: expected none, --checkout REF, --check or --merge-env\n"
+    )
+
+
 def test_new_settings_are_appended_to_env_and_no_value_changes(cruft_service, user_env):
     """Keys of .env.example missing from .env are added with their defaults and comments, once."""
     service, _ = cruft_service
