@@ -67,7 +67,7 @@ def test_uwsgi_ini_is_strict_and_has_no_inline_comments(baked):
         if "=" in line and not line.startswith(("#", ";")):
             assert not re.search(r"\s[#;]", line.split("=", 1)[1]), line
     text = "\n".join(lines)
-    assert ("attach-daemon2 = cmd=exec" in text) == answers.get("use_celery", True)
+    assert ("attach-daemon2 = cmd=cd %(code_dir) && exec" in text) == answers.get("use_celery", True)
     assert ("cheap = true" in text) == answers.get("cheap_mode", False)
     assert "listen = 1024" in text and "die-on-term = true" in text and "need-app = true" in text
 

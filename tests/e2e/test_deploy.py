@@ -93,6 +93,11 @@ def record(key: str, seconds: float) -> str:
     with open(settings.STATE_DIR / "tmp" / "executions.log", "a") as log:
         log.write(key + "\\n")
     return key
+
+
+@celery.task
+def release() -> str:
+    return settings.RELEASE
 """
 
 
@@ -213,3 +218,27 @@ def test_uploads_survive_deploys_and_are_served_as_inert_downloads(service):
     assert response.getheader("Content-Type") == "application/octet-stream"
     assert response.getheader("X-Content-Type-Options") == "nosniff"
     assert "sandbox" in response.getheader("Content-Security-Policy")
+
+
+def test_celery_and_cron_run_the_deployed_release_after_old_ones_are_pruned(service):
+    """After deploys that pruned the first release, the Celery worker and the cron jobs import the
+    code in `current`: the uWSGI master does not keep a release as its working directory."""
+    root, port = service["root"], service["port"]
+    release = health(port)["release"]
+    assert not any(path.name.endswith("-" + service["first"]) for path in (root / "releases").iterdir())
+    master = int((root / "shared" / "run" / "uwsgi.pid").read_text())
+    assert not os.readlink(f"/proc/{master}/cwd").startswith(str(root / "releases"))
+
+    current = root / "current"
+    ask = "from my_service.tasks import release; print(release.delay().get(timeout=120))"
+    assert sh(current, current / ".venv/bin/python", "-c", ask).stdout.strip() == release
+
+    heartbeat = root / "shared" / "run" / "jobs" / "heartbeat.json"
+    since = time.time()
+    deadline = since + 90
+    while not heartbeat.exists() or json.loads(heartbeat.read_text())["started"] < since:
+        assert time.time() < deadline, "no heartbeat within 90 s"
+        time.sleep(1)
+    assert json.loads(heartbeat.read_text())["release"] == release
+    log = (root / "shared" / "log" / "uwsgi.log").read_text()
+    assert "Traceback" not in log, diagnostics(root)

@@ -74,7 +74,8 @@ def run(name: str) -> int:
 {%- else %}
         result = JOBS[name]()
 {%- endif %}
-        record = {"job": name, "started": started, "finished": time.time(), "result": result}
+        record = {"job": name, "release": settings.RELEASE, "result": result}
+        record.update(started=started, finished=time.time())
         Path(JOBS_DIR / f"{name}.json").write_text(json.dumps(record))
         log.info("job %s finished: %s", name, result)
     return 0
