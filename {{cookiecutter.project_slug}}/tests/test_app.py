@@ -36,6 +36,21 @@ def test_health_is_503_without_a_traceback_when_the_database_is_down(client, mon
     assert "missing/dir" not in response.text
 
 
+def test_health_is_503_when_the_sqlite_database_cannot_be_written(client, monkeypatch, tmp_path):
+    """A database SQLite can read but not write (here its journal cannot be created, as on a full
+    disk or a read-only directory) is down for /health: SELECT 1 alone would not notice."""
+    monkeypatch.setattr(settings, "DATABASE_URL", f"sqlite:///{tmp_path}/db.sqlite3")
+    db.engine.cache_clear()
+    try:
+        assert client.get("/health").get_json()["database"] == "ok"
+        (tmp_path / "db.sqlite3-journal").mkdir()
+        response = client.get("/health")
+    finally:
+        db.engine.cache_clear()
+    assert response.status_code == 503
+    assert response.get_json()["database"] == "error: OperationalError"
+
+
 def test_unknown_host_is_refused(client):
     """Requests for a Host outside ALLOWED_HOSTS get 400."""
     assert client.get("/", headers={"Host": "evil.example.net"}).status_code == 400
