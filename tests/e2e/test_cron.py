@@ -1,0 +1,91 @@
+"""End to end: uWSGI's cron never runs two copies of a job at once, also across a full reload.
+
+uWSGI fires every job whose fields match at start and again after each full reload, and its
+`unique` flag forgets the running copy on reload (PITFALLS §9): only jobs.py's lock keeps a second
+copy from starting while the first still runs.
+"""
+
+import os
+import re
+import signal
+import time
+
+import pytest
+from conftest import bake, free_port, require
+from test_serve import log_tail, make
+
+pytestmark = [pytest.mark.e2e, pytest.mark.venv]
+
+# A user's job that runs longer than the gap between a start and a reload, marking both ends.
+SLOW_JOB = """
+
+def slow() -> str:
+    \"\"\"Every minute; 30 s long. Leaves `start <pid> <time>` and `end <pid> <time>` marks.\"\"\"
+    import os
+
+    marks = settings.STATE_DIR / "tmp" / "slow.log"
+    with open(marks, "a") as log:
+        log.write(f"start {os.getpid()} {time.time()}\\n")
+    time.sleep(30)
+    with open(marks, "a") as log:
+        log.write(f"end {os.getpid()} {time.time()}\\n")
+    return "slept"
+
+
+JOBS["slow"] = slow
+"""
+SLOW_CRON = (
+    "cron2 = minute=-1,unique=1,harakiri=50 cd %(code_dir) && exec %(code_dir)/.venv/bin/python"
+    " -m my_service.jobs slow\n"
+)
+
+
+def runs(marks):
+    """[(start, end)] of every finished run, in start order."""
+    starts, ends = {}, {}
+    for kind, pid, at in (line.split() for line in marks.read_text().splitlines()):
+        (starts if kind == "start" else ends)[pid] = float(at)
+    return sorted((starts[pid], ends[pid]) for pid in starts if pid in ends)
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        time.sleep(0.5)
+
+
+def test_a_full_reload_never_starts_a_second_copy_of_a_running_job(tmp_path, wheelhouse):
+    """A reload while a job runs fires it again; the second copy skips, and the job runs again
+    at the next minute: runs never overlap and none is skipped for long."""
+    require("nginx")
+    require("make")
+    project = bake(tmp_path, http_port=free_port(), use_celery="false", use_sentry="false")
+    jobs = project / "my_service" / "jobs.py"
+    jobs.write_text(jobs.read_text().replace('\nif __name__ == "__main__":', SLOW_JOB + '\nif __name__ == "__main__":'))
+    with open(project / "deploy" / "uwsgi.ini", "a") as ini:
+        ini.write(SLOW_CRON)
+    marks = project / "var" / "tmp" / "slow.log"
+    try:
+        result = make(project, "serve")
+        assert result.returncode == 0, result.stdout + result.stderr + log_tail(project)
+        wait_for(lambda: marks.exists() and "start" in marks.read_text(), 60, "the job's first run")
+        log = project / "var" / "log" / "uwsgi.log"
+        # A worker still importing the app misses the reload signal and is killed only after
+        # worker-reload-mercy (30 s): reload once every worker serves.
+        wait_for(lambda: log.read_text().count("WSGI app 0 (mountpoint='') ready") >= 4, 60, "4 workers")
+        master = int((project / "var" / "run" / "uwsgi.pid").read_text())
+        os.kill(master, signal.SIGHUP)
+        wait_for(lambda: "job slow is already running; skipped" in log.read_text(), 60, "a skipped copy")
+        wait_for(lambda: len(runs(marks)) >= 2, 100, "the next minute's run")
+    except BaseException:
+        print(log_tail(project))
+        raise
+    finally:
+        stopped = make(project, "stop", timeout=120)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    finished = runs(marks)
+    for (_, end), (start, _) in zip(finished, finished[1:]):
+        assert start >= end, f"two copies overlapped: {finished}"
+    assert finished[1][0] - finished[0][1] < 65, f"the job was skipped for over a minute: {finished}"
+    assert len(re.findall(r"\[uwsgi-cron\] running .*jobs slow", log.read_text())) >= 3
