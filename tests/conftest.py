@@ -18,6 +18,7 @@ INSTALL_HINTS = {
     "nginx": "apt-get install nginx (or `make system-packages`)",
     "wrk": "apt-get install wrk (or `make system-packages`)",
     "make": "apt-get install make",
+    "systemd-analyze": "apt-get install systemd",
 }
 
 
