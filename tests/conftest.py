@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,15 @@ def require_server(name, port, hint):
         if CI:
             pytest.fail(message)
         pytest.skip(message)
+
+
+def wait_for(condition, timeout, what, every=0.2):
+    """Poll until condition() is truthy and return its value; fail naming what did not happen."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        time.sleep(every)
+    return result
 
 
 def free_port():

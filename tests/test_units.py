@@ -34,6 +34,5 @@ def test_emperor_unit_passes_systemd_analyze_verify_but_for_the_emperor_binary(t
     assert result.returncode == 0, result.stderr
     result = verify(tmp_path / "my_service" / "deploy" / "systemd" / "uwsgi-emperor.service")
     complaints = [line for line in result.stderr.splitlines() if line.strip()]
-    assert complaints == [
-        "uwsgi-emperor.service: Command /opt/uwsgi-emperor/bin/uwsgi is not executable: No such file or directory"
-    ], result.stderr
+    missing = "Command /opt/uwsgi-emperor/bin/uwsgi is not executable: No such file or directory"
+    assert complaints == [f"uwsgi-emperor.service: {missing}"], result.stderr

@@ -5,13 +5,13 @@ uWSGI fires every job whose fields match at start and again after each full relo
 copy from starting while the first still runs.
 """
 
+import itertools
 import os
 import re
 import signal
-import time
 
 import pytest
-from conftest import bake, free_port, require
+from conftest import bake, free_port, require, wait_for
 from test_serve import log_tail, make
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
@@ -48,13 +48,6 @@ def runs(marks):
     return sorted((starts[pid], ends[pid]) for pid in starts if pid in ends)
 
 
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        time.sleep(0.5)
-
-
 def test_a_full_reload_never_starts_a_second_copy_of_a_running_job(tmp_path, wheelhouse):
     """A reload while a job runs fires it again; the second copy skips, and the job runs again
     at the next minute: runs never overlap and none is skipped for long."""
@@ -62,7 +55,8 @@ def test_a_full_reload_never_starts_a_second_copy_of_a_running_job(tmp_path, whe
     require("make")
     project = bake(tmp_path, http_port=free_port(), use_celery="false", use_sentry="false")
     jobs = project / "my_service" / "jobs.py"
-    jobs.write_text(jobs.read_text().replace('\nif __name__ == "__main__":', SLOW_JOB + '\nif __name__ == "__main__":'))
+    main_guard = '\nif __name__ == "__main__":'
+    jobs.write_text(jobs.read_text().replace(main_guard, SLOW_JOB + main_guard))
     with open(project / "deploy" / "uwsgi.ini", "a") as ini:
         ini.write(SLOW_CRON)
     marks = project / "var" / "tmp" / "slow.log"
@@ -85,7 +79,7 @@ def test_a_full_reload_never_starts_a_second_copy_of_a_running_job(tmp_path, whe
         stopped = make(project, "stop", timeout=120)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     finished = runs(marks)
-    for (_, end), (start, _) in zip(finished, finished[1:]):
+    for (_, end), (start, _) in itertools.pairwise(finished):
         assert start >= end, f"two copies overlapped: {finished}"
     assert finished[1][0] - finished[0][1] < 65, f"the job was skipped for over a minute: {finished}"
     assert len(re.findall(r"\[uwsgi-cron\] running .*jobs slow", log.read_text())) >= 3

@@ -204,7 +204,8 @@ def test_three_deploys_two_refused_releases_and_a_rollback_under_load(service):
         sh(project, "make", "rollback")
         assert health(port)["release"] == revisions[-2]
     assert load.ok > 100
-    assert not load.failures, f"{len(load.failures)} of {load.ok} failed: {load.failures}\n{diagnostics(root)}"
+    failed = f"{len(load.failures)} of {load.ok} failed: {load.failures}"
+    assert not load.failures, f"{failed}\n{diagnostics(root)}"
     assert len(list((root / "releases").iterdir())) <= 3 + 2  # kept ones, plus the refused ones
 
 

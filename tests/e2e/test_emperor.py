@@ -6,6 +6,7 @@ system's Python (root's pyenv is not readable by others) and the layout lives in
 every user can enter, owned by `nobody`.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CACHE, CI, ROOT, TOOLS_BIN, run_cookiecutter
+from conftest import CACHE, CI, ROOT, TOOLS_BIN, run_cookiecutter, wait_for
 from test_serve import uwsgi_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
@@ -76,7 +77,8 @@ def layout():
     for name in ("run", "log", "data", "media", "tmp", "static"):
         (shared / name).mkdir(parents=True)
     (root / "current").symlink_to(code)
-    run([code / ".venv/bin/python", "-m", "my_service.assets"], cwd=code, env={**os.environ, "STATE_DIR": shared})
+    build = [code / ".venv/bin/python", "-m", "my_service.assets"]
+    run(build, cwd=code, env={**os.environ, "STATE_DIR": shared})
     run(["chown", "-R", f"{SERVICE_USER}:{SERVICE_GROUP}", base / "src", root])
     (srv / "vassals").mkdir()
     try:
@@ -87,7 +89,7 @@ def layout():
 
 def start_emperor(layout):
     """The Emperor from the shipped emperor.ini, in its own process group; returns (process, log)."""
-    log = open(layout["srv"] / "emperor.log", "ab")
+    log = open(layout["srv"] / "emperor.log", "ab")  # noqa: SIM115 (closed by the test)
     command = [layout["code"] / ".venv/bin/uwsgi", "--ini", layout["code"] / "deploy/emperor/emperor.ini"]
     env = {**os.environ, "VASSALS_DIR": str(layout["srv"] / "vassals")}
     process = subprocess.Popen(
@@ -101,13 +103,6 @@ def health(layout):
         return uwsgi_get(layout["shared"] / "run" / "uwsgi.sock", "/health")[0]
     except OSError:
         return None
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        time.sleep(0.2)
 
 
 def pid_file(layout, name):
@@ -190,9 +185,7 @@ def test_vassal_starts_reloads_by_touch_and_stops_by_removal(layout):
         raise
     finally:
         for pgid in filter(None, groups):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         emperor.wait(timeout=30)
         log.close()
