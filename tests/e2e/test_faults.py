@@ -12,11 +12,15 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 from conftest import bake, free_port, require
 from test_deploy import RECORD_TASK, Load
+from test_emperor import health as emperor_health
+from test_emperor import layout as emperor_layout  # noqa: F401 (a fixture)
+from test_emperor import pid_file, start_emperor
 from test_serve import get, group_alive, log_tail, make
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
@@ -248,3 +252,135 @@ def test_an_unwritable_database_turns_health_503_and_recovers_by_itself(service)
     finally:
         restore()
     wait_for(lambda: health(service)[0] == 200, 15, "/health 200 again")
+
+
+def test_the_sqlite_broker_loses_the_tasks_a_killed_worker_held_and_no_other(service, tmp_path):
+    """The default broker (kombu's sqla transport over SQLite) has no redelivery: a message is
+    marked invisible when a worker takes it and never made visible again if that worker dies
+    without acknowledging. So kill -9 loses the tasks the worker held (at most CELERY_CONCURRENCY,
+    2: prefetch 1 per thread), and only those; the README says to use Redis or RabbitMQ when that
+    matters. If this fails because nothing was lost, kombu gained redelivery: update the README."""
+    project = service["project"]
+    env = {**os.environ, "CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path}/broker.sqlite3"}
+    sent = subprocess.run(
+        [project / ".venv/bin/python", "-c", SQLA_SEND], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert sent.returncode == 0, sent.stderr[-2000:]
+    # The worker as uWSGI starts it, but this test's own process group on the SQLite broker.
+    worker = [project / ".venv/bin/celery", "--app", "my_service.tasks", "worker", "--pool", "threads"]
+    workers = []
+    try:
+        with open(tmp_path / "worker.log", "ab") as log:
+            start = lambda: subprocess.Popen(  # noqa: E731
+                worker, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            workers.append(start())
+            wait_for(lambda: executions(service, "sqla-"), 60, "a first task done")
+            time.sleep(0.3)
+            os.killpg(workers[0].pid, signal.SIGKILL)
+            workers[0].wait(timeout=10)
+            done_at_kill = set(executions(service, "sqla-"))
+            workers.append(start())
+            # The queue drains: nothing visible is left in the broker, and the last task finished.
+            wait_for(lambda: visible_messages(tmp_path / "broker.sqlite3") == 0, 60, "the queue drained")
+            time.sleep(2)
+    finally:
+        for process in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    executed = executions(service, "sqla-")
+    lost = {f"sqla-{key}" for key in range(8)} - set(executed)
+    assert len(executed) == len(set(executed)), f"no task ran twice: {executed}"
+    assert 1 <= len(lost) <= 2, f"lost {sorted(lost)}; done at the kill: {sorted(done_at_kill)}"
+    assert not lost & done_at_kill
+
+
+SQLA_SEND = """
+from my_service.tasks import record
+for key in range(8):
+    record.delay(f"sqla-{key}", 1)
+"""
+
+
+def visible_messages(broker):
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(broker, timeout=5)) as connection:
+        return connection.execute("SELECT count(*) FROM kombu_message WHERE visible = 1").fetchone()[0]
+
+
+def test_a_master_killed_under_the_emperor_is_respawned_and_serves_through_nginx(emperor_layout):  # noqa: F811
+    """kill -9 of the vassal's uWSGI master under load through nginx: the Emperor starts it again,
+    requests succeed again within 60 s without anyone acting, and the killed master's Celery
+    worker does not linger beside the new one."""
+    require("nginx")
+    layout = emperor_layout
+    emperor, log = start_emperor(layout)
+    vassal = layout["srv"] / "vassals" / "my_service.ini"
+    groups, nginx_pid = [emperor.pid], None
+    try:
+        vassal.symlink_to(layout["root"] / "current" / "deploy" / "emperor" / "my_service.ini")
+        subprocess.run(["chown", "-h", "nobody:www-data", vassal], check=True)
+        wait_for(lambda: emperor_health(layout) == 200, 60, "the vassal answers /health")
+        port, nginx_pid = start_nginx(layout)
+        master, celery = pid_file(layout, "uwsgi.pid"), pid_file(layout, "celery.pid")
+        groups += [master, celery]
+        with Load(port, threads=10, max_seconds=120) as load:
+            wait_for(lambda: load.ok > 200, 30, "200 requests before the kill")
+            os.kill(master, signal.SIGKILL)
+            wait_for(lambda: pid_file(layout, "uwsgi.pid") not in (None, master), 60, "a new master")
+            groups.append(pid_file(layout, "uwsgi.pid"))
+            wait_for(lambda: get(f"http://127.0.0.1:{port}/health")[0] == 200, 60, "/health 200 via nginx")
+            time.sleep(1)
+            failed_before, ok_before = len(load.failures), load.ok
+            wait_for(lambda: load.ok > ok_before + 500, 60, "500 requests after the respawn")
+            later_failures = load.failures[failed_before:]
+        assert not later_failures, later_failures
+        wait_for(lambda: not alive(celery), 30, "the killed master's Celery worker gone")
+        new_celery = wait_for(
+            lambda: pid_file(layout, "celery.pid") not in (None, celery), 60, "a new Celery"
+        )
+        groups.append(pid_file(layout, "celery.pid"))
+        assert new_celery and alive(pid_file(layout, "celery.pid"))
+        assert emperor.poll() is None
+    except BaseException:
+        log.flush()
+        print((layout["srv"] / "emperor.log").read_text()[-6000:], file=sys.stderr)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            vassal.unlink()
+        if nginx_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(nginx_pid, signal.SIGKILL)
+        for pgid in filter(None, groups):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        emperor.wait(timeout=30)
+        log.close()
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def start_nginx(layout):
+    """nginx in front of the vassal's socket, configured by `bin/serve --nginx-config` as `make
+    serve` does; returns (port, pid of its master)."""
+    port = free_port()
+    config = layout["shared"] / "nginx-conf"
+    env = {
+        **os.environ,
+        "CODE_DIR": str(layout["code"]),
+        "STATE_DIR": str(layout["shared"]),
+        "HTTP_PORT": str(port),
+    }
+    subprocess.run([layout["code"] / "bin/serve", "--nginx-config", config], env=env, check=True)
+    subprocess.run(["nginx", "-p", f"{config}/", "-c", "nginx.conf", "-e", "stderr"], check=True)
+    pid = wait_for(lambda: pid_file(layout, "nginx.pid"), 10, "nginx's pid file")
+    return port, pid
