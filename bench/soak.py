@@ -19,8 +19,12 @@ the second interval (the first after the warm-up interval, which has no reload b
 interval starts with a reload, so both hold freshly started workers: the comparison shows growth that
 survives reloads (the master, nginx, a leak in shared state), not a worker's normal warm-up. In the
 PNG: latency per SAMPLE s with the reloads as vertical lines, errors and throughput, RSS per process
-kind. The machine is shared (loadavg per sample in the JSON) and the load generator uses the same 2
-cores, so latency is noisy; errors and RSS are the figures to judge.
+kind. The RSS dips after each reload are the chain reload (one worker at a time is gone or still
+importing the app); the gaps in the Celery line are Celery between bin/reload's SIGTERM and uWSGI's
+respawn. replaced_workers_s in the JSON: per reload, when a sample first saw none of the workers from
+before it (None: not before the run's end). The machine is shared (loadavg per sample in the JSON)
+and the load generator uses the same 2 cores, so latency is noisy; errors and RSS are the figures
+to judge.
 
     .tools/bin/python bench/soak.py [--minutes M] [--connections C] [--reload-every S]
     # smoke run: --minutes 1 --reload-every 20; writes bench/results/soak.{json,md,png}
@@ -440,7 +444,15 @@ def soak(args, facts):
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def interrupt(signum, frame):
+    """Ctrl-C or SIGTERM: unwind through the finally blocks, which stop every process started."""
+    raise KeyboardInterrupt
+
+
 def main():
+    # Also when started in the background, where a shell ignores SIGINT, and under `timeout`.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="minutes of load (default 10)")
     parser.add_argument("--connections", type=int, default=100, help="keep-alive clients (default 100)")
