@@ -16,11 +16,11 @@ import sys
 import time
 
 import pytest
-from conftest import bake, free_port, require
+from conftest import bake, free_port, require, wait_for
 from test_deploy import RECORD_TASK, Load
+from test_emperor import alive, pid_file, start_emperor
 from test_emperor import health as emperor_health
 from test_emperor import layout as emperor_layout  # noqa: F401 (a fixture)
-from test_emperor import pid_file, start_emperor
 from test_serve import get, group_alive, log_tail, make
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
@@ -30,14 +30,6 @@ THREADS_PER_WORKER = 2
 # visibility_timeout = 2 * limit + 60 s (tasks.py).
 TASK_TIME_LIMIT = 5
 REDELIVERY = 2 * TASK_TIME_LIMIT + 60
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        time.sleep(0.2)
-    return result
 
 
 class Redis:
@@ -324,7 +316,8 @@ def test_a_master_killed_under_the_emperor_is_respawned_and_serves_through_nginx
         subprocess.run(["chown", "-h", "nobody:www-data", vassal], check=True)
         wait_for(lambda: emperor_health(layout) == 200, 60, "the vassal answers /health")
         port, nginx_pid = start_nginx(layout)
-        master, celery = pid_file(layout, "uwsgi.pid"), pid_file(layout, "celery.pid")
+        master = pid_file(layout, "uwsgi.pid")
+        celery = wait_for(lambda: pid_file(layout, "celery.pid"), 60, "Celery's pid file")
         groups += [master, celery]
         with Load(port, threads=10, max_seconds=120) as load:
             wait_for(lambda: load.ok > 200, 30, "200 requests before the kill")
@@ -359,14 +352,6 @@ def test_a_master_killed_under_the_emperor_is_respawned_and_serves_through_nginx
                 os.killpg(pgid, signal.SIGKILL)
         emperor.wait(timeout=30)
         log.close()
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def start_nginx(layout):
