@@ -19,6 +19,7 @@ INSTALL_HINTS = {
     "nginx": "apt-get install nginx (or `make system-packages`)",
     "wrk": "apt-get install wrk (or `make system-packages`)",
     "make": "apt-get install make",
+    "redis-server": "apt-get install redis-server (or `make system-packages`)",
     "systemd-analyze": "apt-get install systemd",
 }
 
