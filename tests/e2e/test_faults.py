@@ -383,8 +383,10 @@ def test_a_master_killed_under_the_emperor_is_respawned_and_serves_through_nginx
         with contextlib.suppress(OSError):
             vassal.unlink()
         if nginx_pid:
+            # nginx's master leads the process group of its workers (it called setsid): a kill of
+            # the master alone would leave them running.
             with contextlib.suppress(ProcessLookupError):
-                os.kill(nginx_pid, signal.SIGKILL)
+                os.killpg(nginx_pid, signal.SIGKILL)
         for pgid in filter(None, groups):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
