@@ -187,28 +187,35 @@ def test_with_the_broker_stopped_health_is_503_pages_200_and_tasks_arrive_once_i
     answer 200; a plain send fails loudly instead of vanishing, a send that retries is delivered
     once Redis is back, and the Celery worker reconnects by itself and runs it."""
     assert health(service)[0] == 200
+    retrying = None
     redis.stop()
     try:
-        _, body = wait_for(lambda: (answer := health(service))[0] == 503 and answer, 15, "/health 503")
-        assert body["broker"].startswith("error: ") and body["database"] == "ok", body
-        with Load(service["port"], threads=10, max_seconds=30) as load:
+        try:
+            _, body = wait_for(lambda: (answer := health(service))[0] == 503 and answer, 15, "/health 503")
+            assert body["broker"].startswith("error: ") and body["database"] == "ok", body
+            with Load(service["port"], threads=10, max_seconds=30) as load:
+                time.sleep(3)
+            assert load.ok > 50 and not load.failures, load.failures
+            plain = python(service, "record.delay('broker-plain', 0)", timeout=60)
+            assert plain.returncode != 0 and "OperationalError" in plain.stderr, plain.stderr[-2000:]
+            # A sender that retries (the retry_policy a user passes when a task must not be dropped).
+            retrying = subprocess.Popen(
+                [service["project"] / ".venv/bin/python", "-c", RETRYING_SEND],
+                cwd=service["project"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
             time.sleep(3)
-        assert load.ok > 50 and not load.failures, load.failures
-        plain = python(service, "record.delay('broker-plain', 0)", timeout=60)
-        assert plain.returncode != 0 and "OperationalError" in plain.stderr, plain.stderr[-2000:]
-        # A sender that retries (the retry_policy a user passes when a task must not be dropped).
-        retrying = subprocess.Popen(
-            [service["project"] / ".venv/bin/python", "-c", RETRYING_SEND],
-            cwd=service["project"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        time.sleep(3)
-        assert retrying.poll() is None, "the retrying sender waits for the broker"
+            assert retrying.poll() is None, "the retrying sender waits for the broker"
+        finally:
+            redis.start()
+        out, err = retrying.communicate(timeout=60)
     finally:
-        redis.start()
-    out, err = retrying.communicate(timeout=60)
+        if retrying and retrying.poll() is None:
+            os.killpg(retrying.pid, signal.SIGKILL)
+            retrying.wait(timeout=10)
     assert retrying.returncode == 0, err[-2000:]
     wait_for(lambda: health(service)[0] == 200, 30, "/health 200 again")
     wait_for(lambda: executions(service, "broker-"), 60, "the task sent while the broker was down ran")
