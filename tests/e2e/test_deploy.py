@@ -160,8 +160,8 @@ def test_tasks_in_flight_across_two_deploys_complete_exactly_once(service):
     assert sorted(executed, key=int) == [str(key) for key in range(200)]
 
 
-def test_three_deploys_two_refused_releases_and_a_rollback_under_load(service):
-    """Under 50 connections: 3 deploys, two refused releases, a rollback; each step seen on /health,
+def test_three_deploys_three_refused_releases_and_a_rollback_under_load(service):
+    """Under 50 connections: 3 deploys, three refused releases, a rollback; each step seen on /health,
     and not one request fails (a single-threaded uWSGI worker reset about 1 in 150,000 during chain
     reloads: see `threads` in deploy/uwsgi.ini)."""
     project, port, root = service["project"], service["port"], service["root"]
@@ -176,23 +176,21 @@ def test_three_deploys_two_refused_releases_and_a_rollback_under_load(service):
             sh(project, "make", "deploy", KEEP_RELEASES="3")
             assert health(port)["release"] == revisions[-1]
 
-        # Refused: a release that cannot import, and one whose settings need a key that this
-        # checkout's .env has but the deployed shared/.env lacks.
+        # Refused: a release that cannot import, one whose settings need a key that this
+        # checkout's .env has but the deployed shared/.env lacks, and one whose /health fails.
         with open(project / ".env", "a") as env:
             env.write("PAYMENT_API_KEY=local-only\n")
-        settings = project / "my_service" / "settings.py"
-        wsgi = project / "my_service" / "wsgi.py"
+        package = project / "my_service"
+        app, seal = "create_app()", "\ntry:\n    env.seal()"
         breakages = [
-            (wsgi, "\nraise RuntimeError('broken release')\n", "broken release"),
-            (settings, '\nPAYMENT_API_KEY = env.str("PAYMENT_API_KEY")\n', "PAYMENT_API_KEY"),
+            (package / "wsgi.py", app, app + "\nraise RuntimeError('broken release')", "broken release"),
+            (package / "settings.py", seal, '\nKEY = env.str("PAYMENT_API_KEY")' + seal, "PAYMENT_API_KEY"),
+            (package / "views.py", "healthy = all(", "healthy = False and all(", "503"),
         ]
-        for path, addition, reason in breakages:
+        for path, old, new, reason in breakages:
             original = path.read_text()
-            path.write_text(
-                original.replace("\ntry:\n    env.seal()", addition + "\ntry:\n    env.seal()", 1)
-                if path == settings
-                else original + addition
-            )
+            assert old in original
+            path.write_text(original.replace(old, new, 1))
             commit(project, f"broken: {reason}")
             refused = sh(project, "make", "deploy", check=False, KEEP_RELEASES="3")
             assert refused.returncode != 0
@@ -206,7 +204,7 @@ def test_three_deploys_two_refused_releases_and_a_rollback_under_load(service):
     assert load.ok > 100
     failed = f"{len(load.failures)} of {load.ok} failed: {load.failures}"
     assert not load.failures, f"{failed}\n{diagnostics(root)}"
-    assert len(list((root / "releases").iterdir())) <= 3 + 2  # kept ones, plus the refused ones
+    assert len(list((root / "releases").iterdir())) <= 3 + 3  # kept ones, plus the refused ones
 
 
 def test_uploads_survive_deploys_and_are_served_as_inert_downloads(service):
