@@ -222,6 +222,23 @@ def test_reload_lets_a_running_task_finish(service):
     assert "chain reloading complete" in log.read_text()
 
 
+def test_reload_of_code_that_does_not_load_is_refused_and_the_service_runs_on(service):
+    """A new worker that cannot load the app would stop the whole server (need-app): refused."""
+    project = service["project"]
+    views = project / "my_service" / "views.py"
+    original = views.read_text()
+    master = (project / "var" / "run" / "uwsgi.pid").read_text()
+    try:
+        views.write_text(original + "\nraise RuntimeError('half-edited')\n")
+        result = make(project, "reload")
+    finally:
+        views.write_text(original)
+    assert result.returncode != 0
+    assert "half-edited" in result.stderr and "not reloading" in result.stderr, result.stderr
+    assert (project / "var" / "run" / "uwsgi.pid").read_text() == master
+    assert get(service["url"] + "/health")[0] == 200
+
+
 def test_cron_job_ran_under_uwsgi(service):
     """uWSGI's cron fires the every-minute heartbeat job at start; it records its run."""
     record = service["project"] / "var" / "run" / "jobs" / "heartbeat.json"
