@@ -226,6 +226,10 @@ def drive(alternative, project, port, duration, tag, master):
         poller.start()
         time.sleep(max(0.0, t0 + RELOAD_AT - time.monotonic()))
         (project / "REVISION").write_text(tag + "\n")
+        # As bin/deploy does before the switch: the new release's static manifest (the app refuses
+        # to start without it, and need-app would then stop the whole server).
+        env = {**os.environ, "STATE_DIR": str(project / "var")}
+        run([project / ".venv/bin/python", "-m", "my_service.assets"], 60, cwd=project, env=env)
         t_reload = time.monotonic()
         fire(alternative, project, master)
         records = future.result(timeout=duration + 60)
