@@ -4,7 +4,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, TOOLS_BIN
 
 
 def as_unprivileged_user(command):
@@ -36,3 +36,12 @@ def test_no_collected_test_fails_in_ci_only(ci, status):
     )
     assert result.returncode == status, result.stdout + result.stderr
     assert "pytest collected no tests" in result.stderr
+
+
+def test_the_templates_own_python_passes_ruff():
+    """Tests, benchmarks and hooks follow the same lint and format rules as the baked service."""
+    ruff = str(TOOLS_BIN / "ruff")
+    paths = ["tests", "bench", "hooks"]
+    for command in ([ruff, "check", *paths], [ruff, "format", "--check", *paths]):
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
