@@ -168,17 +168,22 @@ def summarize(raw):
     return rows
 
 
+def render(head, body, markdown=False):
+    """Rows of cells under a head, as an aligned text table or as a Markdown table."""
+    if markdown:
+        lines = [head, ["---"] * len(head), *body]
+        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [head, *body])
+
+
 def table(rows, markdown=False):
     """The rows as an aligned text table, or as a Markdown table."""
     head = ["case", "runs", "median s", "min s", "max s", "target", "meets"]
     body = [[r["case"], str(r["runs"])] + [f"{r[k]:.2f}" for k in ("median", "min", "max")] for r in rows]
     for row, r in zip(body, rows, strict=True):
         row += ["-" if r["target"] is None else f"<= {r['target']:g} s", r["meets"]]
-    if markdown:
-        lines = [head, ["---"] * len(head), *body]
-        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
-    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [head, *body])
+    return render(head, body, markdown)
 
 
 def machine_facts():

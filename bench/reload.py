@@ -53,7 +53,7 @@ import urllib.request
 from math import nan
 from pathlib import Path
 
-from bake import REPO, RESULTS, TOOLS, bake, free_port, machine_facts, run, stop
+from bake import REPO, RESULTS, TOOLS, bake, free_port, machine_facts, render, run, stop
 
 ALTERNATIVES = ["uwsgi-hup", "chain", "gunicorn-hup"]
 GUNICORN = "gunicorn==27.0.1"
@@ -368,11 +368,7 @@ def table(rows, markdown=False):
         row += [f"{r[k]:.3f}" for k in ("base_max", "reload_p50", "reload_p99", "reload_max")]
         row += ["never" if r["first_new"] is None else f"{r['first_new']:.2f}", f"{r['last_old']:.2f}"]
         body.append([*row, f"{r['recycles']:g}", r["meets"]])
-    if markdown:
-        lines = [head, ["---"] * len(head), *body]
-        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
-    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [head, *body])
+    return render(head, body, markdown)
 
 
 def plot(raw, path):

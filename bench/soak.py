@@ -48,7 +48,7 @@ import time
 from math import nan
 from pathlib import Path
 
-from bake import REPO, RESULTS, bake, free_port, machine_facts, run, stop
+from bake import REPO, RESULTS, bake, free_port, machine_facts, render, run, stop
 from reload import client, failed, log_facts, log_sizes, wait_healthy
 
 SAMPLE = 5.0  # s between RSS samples, and the width of the latency buckets
@@ -290,11 +290,7 @@ def table(rows, markdown=False):
         + [f"{r[k]:.0f}" for k in ("total_mib", "workers_mib", "celery_mib")]
         for r in rows
     ]
-    if markdown:
-        lines = [head, ["---"] * len(head), *body]
-        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
-    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [head, *body])
+    return render(head, body, markdown)
 
 
 def summary_text(v, every):
