@@ -22,7 +22,7 @@ from test_deploy import RECORD_TASK, Load
 from test_emperor import alive, pid_file, start_emperor
 from test_emperor import health as emperor_health
 from test_emperor import layout as emperor_layout  # noqa: F401 (a fixture)
-from test_serve import get, group_alive, log_tail, make
+from test_serve import get, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 # deploy/uwsgi.ini: a worker has at most this many requests in flight.
@@ -103,21 +103,9 @@ def service(tmp_path_factory, wheelhouse, redis):
         env.write(f"CELERY_BROKER_URL=redis://127.0.0.1:{redis.port}/0\n")
         env.write(f"CELERY_TASK_TIME_LIMIT={TASK_TIME_LIMIT}\n")
         env.write(f"DATABASE_URL=sqlite:///{database}/app.sqlite3\n")
-    groups = []
-    try:
-        result = make(project, "serve")
-        assert result.returncode == 0, result.stdout + result.stderr + log_tail(project)
+    with serving(project):
         run = project / "var" / "run"
-        groups = [int((run / "uwsgi.pgid").read_text()), int((run / "nginx.pid").read_text())]
         yield {"project": project, "port": port, "url": f"http://127.0.0.1:{port}", "run": run}
-    except BaseException:
-        print(log_tail(project))
-        raise
-    finally:
-        make(project, "stop", timeout=90)
-        for pgid in groups:
-            if group_alive(pgid):
-                os.killpg(pgid, signal.SIGKILL)
 
 
 def health(service):

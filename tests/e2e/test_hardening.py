@@ -5,7 +5,6 @@ normalised by a client library) go through its nginx. The use_tls site is checke
 and then served for real with a self-signed certificate made by openssl, in front of the same uWSGI.
 """
 
-import contextlib
 import grp
 import http.client
 import os
@@ -19,6 +18,7 @@ import time
 
 import pytest
 from conftest import bake, free_port, require, run_cookiecutter
+from test_serve import serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 SECRET_CONTENT = "TOP-SECRET-CONTENT-4f1c"
@@ -67,12 +67,7 @@ def served(tmp_path_factory, wheelhouse):
     project = bake(tmp_path_factory.mktemp("hardening"), http_port=port)
     with open(project / "my_service/views.py", "a") as views:
         views.write(OWN_CSP_VIEW)
-    groups = []
-    try:
-        result = subprocess.run(["make", "serve"], cwd=project, capture_output=True, text=True, timeout=180)
-        assert result.returncode == 0, result.stdout + result.stderr
-        run = project / "var" / "run"
-        groups = [int((run / "uwsgi.pgid").read_text()), int((run / "nginx.pid").read_text())]
+    with serving(project):
         # Leftovers that exist on disk under the served roots: they must still be refused.
         for name in (".env", ".git/config", "site.css~", "site.css.bak", "site.CSS.BAK", "old.orig", "x.swp"):
             for root in (project / "var/static", project / "var/media"):
@@ -81,11 +76,6 @@ def served(tmp_path_factory, wheelhouse):
         (project / "var/static/visible.css").write_text("body{}")
         (project / "var/media/report.html").write_text("<script>alert(1)</script>")
         yield {"project": project, "port": port}
-    finally:
-        subprocess.run(["make", "stop"], cwd=project, capture_output=True, timeout=90)
-        for pgid in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, 9)
 
 
 REFUSED_PATHS = [

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import bake, free_port, require
 from fake_ingest import FakeIngest
+from test_serve import make, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
@@ -62,17 +63,6 @@ def set_env(path, **values):
     path.write_text("\n".join([*lines, *(f"{key}={value}" for key, value in values.items())]) + "\n")
 
 
-def make(project, *args, timeout=180):
-    return subprocess.run(
-        ["make", *args], cwd=project, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def log_tail(project):
-    logs = sorted((project / "var" / "log").glob("*.log"))
-    return "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-30:]) for log in logs)
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, wheelhouse):
     """A baked service with Sentry pointed at a fake ingest, served by `make serve`; stopped after."""
@@ -101,21 +91,13 @@ def service(tmp_path_factory, wheelhouse):
         )
         env_lines = (project / ".env").read_text().splitlines()
         secret_key = next(line.split("=", 1)[1] for line in env_lines if line.startswith("SECRET_KEY="))
-        try:
-            result = make(project, "serve")
-            assert result.returncode == 0, result.stdout + result.stderr + log_tail(project)
+        with serving(project, check_stop=True):
             yield {
                 "project": project,
                 "url": f"http://127.0.0.1:{port}",
                 "ingest": ingest,
                 "secrets": [secret_key, ingest.dsn(DSN_KEY), TOKEN],
             }
-        except BaseException:
-            print(log_tail(project))
-            raise
-        finally:
-            stopped = make(project, "stop", timeout=90)
-            assert stopped.returncode == 0, stopped.stderr
 
 
 def mechanism(event):

@@ -1,7 +1,9 @@
 """End to end: `make serve` runs uWSGI, Celery, cron and nginx on loopback; `make stop` ends them all."""
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -86,15 +88,38 @@ def processes_mentioning(path):
     return pids
 
 
-def make(project, target, timeout=180):
+def make(project, *args, timeout=180):
     return subprocess.run(
-        ["make", target], cwd=project, capture_output=True, text=True, timeout=timeout, check=False
+        ["make", *args], cwd=project, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
 def log_tail(project):
     logs = sorted((project / "var" / "log").glob("*.log"))
     return "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-30:]) for log in logs)
+
+
+@contextlib.contextmanager
+def serving(project, check_stop=False):
+    """`make serve` in project, yielding its process groups (uWSGI, nginx); the logs' tails printed
+    if the body fails; on the way out `make stop`, then SIGKILL to any group it left alive."""
+    groups = []
+    try:
+        result = make(project, "serve")
+        assert result.returncode == 0, result.stdout + result.stderr + log_tail(project)
+        run = project / "var" / "run"
+        groups = [int((run / "uwsgi.pgid").read_text()), int((run / "nginx.pid").read_text())]
+        yield groups
+    except BaseException:
+        print(log_tail(project))
+        raise
+    finally:
+        stopped = make(project, "stop", timeout=90)
+        for pgid in groups:
+            if group_alive(pgid):
+                os.killpg(pgid, signal.SIGKILL)
+        if check_stop:
+            assert stopped.returncode == 0, stopped.stderr
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=["defaults", "use_celery=false-cheap_mode=true"])
@@ -107,21 +132,8 @@ def service(request, tmp_path_factory, wheelhouse):
     if (project / "my_service" / "tasks.py").exists():
         with open(project / "my_service" / "tasks.py", "a") as tasks:
             tasks.write(SLOW_TASK)
-    groups = []
-    try:
-        result = make(project, "serve")
-        assert result.returncode == 0, result.stdout + result.stderr + log_tail(project)
-        run = project / "var" / "run"
-        groups = [int((run / "uwsgi.pgid").read_text()), int((run / "nginx.pid").read_text())]
+    with serving(project) as groups:
         yield {"project": project, "url": f"http://127.0.0.1:{port}", "groups": groups, **request.param}
-    except BaseException:
-        print(log_tail(project))
-        raise
-    finally:
-        make(project, "stop", timeout=90)
-        for pgid in groups:
-            if group_alive(pgid):
-                os.killpg(pgid, 9)
 
 
 def test_pages_and_health_answer_through_nginx(service):
