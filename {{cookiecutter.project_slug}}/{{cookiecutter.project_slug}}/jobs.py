@@ -74,8 +74,13 @@ def run(name: str) -> int:
 {%- else %}
         result = JOBS[name]()
 {%- endif %}
-        record = {"job": name, "release": settings.RELEASE, "result": result}
-        record.update(started=started, finished=time.time())
+        record = {
+            "job": name,
+            "release": settings.RELEASE,
+            "started": started,
+            "finished": time.time(),
+            "result": result,
+        }
         Path(JOBS_DIR / f"{name}.json").write_text(json.dumps(record))
         log.info("job %s finished: %s", name, result)
     return 0
