@@ -22,7 +22,7 @@ from test_deploy import RECORD_TASK, Load
 from test_emperor import alive, pid_file, start_emperor
 from test_emperor import health as emperor_health
 from test_emperor import layout as emperor_layout  # noqa: F401 (a fixture)
-from test_serve import get, serving
+from test_serve import get, serving, uwsgi_stats
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 # deploy/uwsgi.ini: a worker has at most this many requests in flight.
@@ -115,11 +115,8 @@ def health(service):
 
 def web_workers(service):
     """{worker id: pid} from uWSGI's stats socket."""
-    with socket.socket(socket.AF_UNIX) as client:
-        client.settimeout(10)
-        client.connect(str(service["run"] / "stats.sock"))
-        stats = json.loads(b"".join(iter(lambda: client.recv(65536), b"")))
-    return {worker["id"]: worker["pid"] for worker in stats["workers"] if worker["pid"]}
+    workers = uwsgi_stats(service["project"])["workers"]
+    return {worker["id"]: worker["pid"] for worker in workers if worker["pid"]}
 
 
 def python(service, code, timeout=120):

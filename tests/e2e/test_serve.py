@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import bake, free_port, require
+from conftest import bake, free_port, require, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
@@ -65,6 +65,14 @@ def uwsgi_get(socket_path, path):
     status, *header_lines = head.decode().split("\r\n")
     headers = dict(line.split(": ", 1) for line in header_lines)
     return int(status.split()[1]), headers, content
+
+
+def uwsgi_stats(project):
+    """uWSGI's stats document (every worker's pid, state and loaded apps) from its stats socket."""
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(10)
+        client.connect(str(project / "var" / "run" / "stats.sock"))
+        return json.loads(b"".join(iter(lambda: client.recv(65536), b"")))
 
 
 def group_alive(pgid):
@@ -240,6 +248,12 @@ def test_reload_of_code_that_does_not_load_is_refused_and_the_service_runs_on(se
     views = project / "my_service" / "views.py"
     original = views.read_text()
     master = (project / "var" / "run" / "uwsgi.pid").read_text()
+    # Every running worker has loaded the app: one still importing would read the broken file.
+    wait_for(
+        lambda: all(w["pid"] == 0 or w["apps"] for w in uwsgi_stats(project)["workers"]),
+        60,
+        "every running worker has loaded the app",
+    )
     try:
         views.write_text(original + "\nraise RuntimeError('half-edited')\n")
         result = make(project, "reload")
