@@ -7,9 +7,10 @@ import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from conftest import bake, free_port, require
+from conftest import bake, free_port, require, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
@@ -229,6 +230,16 @@ def test_celery_and_cron_run_the_deployed_release_after_old_ones_are_pruned(serv
     assert not os.readlink(f"/proc/{master}/cwd").startswith(str(root / "releases"))
 
     current = root / "current"
+    # The rollback's reload ends with a new Celery worker in current: a task sent before the old
+    # worker has stopped consuming may still run on the old code.
+    celery_pid = root / "shared" / "run" / "celery.pid"
+
+    def celery_in_current():
+        with contextlib.suppress(OSError, ValueError):
+            return Path(os.readlink(f"/proc/{int(celery_pid.read_text())}/cwd")) == current.resolve()
+        return False
+
+    wait_for(celery_in_current, 90, "the Celery worker restarted in current")
     ask = "from my_service.tasks import release; print(release.delay().get(timeout=120))"
     assert sh(current, current / ".venv/bin/python", "-c", ask).stdout.strip() == release
 
