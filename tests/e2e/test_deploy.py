@@ -5,53 +5,15 @@ import http.client
 import json
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import bake, free_port, require, wait_for
+from load import Load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
-
-
-class Load:
-    """Bounded keep-alive load on 127.0.0.1:port: `threads` clients loop GET / until stopped."""
-
-    def __init__(self, port, threads=50, max_seconds=300):
-        self.port, self.deadline = port, time.monotonic() + max_seconds
-        self.ok, self.failures, self.running = 0, [], True
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(threads)]
-
-    def client(self):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        while self.running and time.monotonic() < self.deadline:
-            try:
-                connection.request("GET", "/")
-                response = connection.getresponse()
-                response.read()
-                outcome = response.status
-            except (OSError, http.client.HTTPException) as error:
-                outcome = repr(error)
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            with self.lock:
-                if outcome == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(outcome)
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        for thread in self.threads:
-            thread.join(timeout=60)
 
 
 def diagnostics(root):

@@ -18,7 +18,8 @@ import time
 
 import pytest
 from conftest import bake, free_port, require, wait_for
-from test_deploy import RECORD_TASK, Load
+from load import Load
+from test_deploy import RECORD_TASK
 from test_emperor import alive, pid_file, start_emperor
 from test_emperor import health as emperor_health
 from test_emperor import layout as emperor_layout  # noqa: F401 (a fixture)

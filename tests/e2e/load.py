@@ -1,0 +1,60 @@
+"""Bounded background load for end-to-end tests: every exception in a client is a recorded failure.
+
+A load thread that dies quietly lets a test pass on the answers collected before it died (a
+connection accepted and closed without a reply raised IndexError in an earlier poller), so each
+client catches everything, records it, and goes on with a fresh connection until stopped.
+"""
+
+import http.client
+import threading
+import time
+
+
+class Load:
+    """`threads` keep-alive clients loop `requests` ((method, path) pairs, in turn) against
+    127.0.0.1:port until stopped or max_seconds passed; any answer but 200 or any exception is a
+    failure, recorded with what it was."""
+
+    def __init__(self, port, threads=50, max_seconds=300, requests=(("GET", "/"),), host="127.0.0.1"):
+        self.host, self.port, self.requests = host, port, requests
+        self.deadline = time.monotonic() + max_seconds
+        self.ok, self.failures, self.running = 0, [], True
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(threads)]
+
+    def connect(self):
+        return http.client.HTTPConnection(self.host, self.port, timeout=30)
+
+    def client(self):
+        connection, sent = self.connect(), 0
+        while self.running and time.monotonic() < self.deadline:
+            method, path = self.requests[sent % len(self.requests)]
+            sent += 1
+            try:
+                connection.request(method, path, body=b"" if method == "POST" else None)
+                response = connection.getresponse()
+                response.read()
+                outcome = response.status
+            except Exception as error:  # every exception is a failed request
+                outcome = f"{method} {path}: {error!r}"
+                connection.close()
+                connection = self.connect()
+            with self.lock:
+                if outcome == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append(outcome)
+        connection.close()
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        for thread in self.threads:
+            thread.join(timeout=60)
+        stuck = sum(thread.is_alive() for thread in self.threads)
+        if stuck:
+            self.failures.append(f"{stuck} load threads still running 60 s after the stop")
