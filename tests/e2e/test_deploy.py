@@ -45,6 +45,19 @@ def health(port):
     return json.loads(connection.getresponse().read())
 
 
+def releases_served(port, count=40):
+    """The releases /health reports over `count` requests right now (every worker, once returned)."""
+    return {health(port)["release"] for _ in range(count)}
+
+
+def deploy(project, message, **env):
+    """Commit a visible change and `make deploy` it; the new revision."""
+    (project / "CHANGES.txt").write_text(message + "\n")
+    revision = commit(project, message)
+    sh(project, "make", "deploy", KEEP_RELEASES="3", **env)
+    return revision
+
+
 # A user's task that leaves a trace of every execution, added to the service before its first commit.
 RECORD_TASK = """
 
@@ -96,6 +109,18 @@ def test_first_deploy_serves_the_committed_revision_from_a_release(service):
     assert current.parent == root / "releases" and current.name.endswith("-" + service["first"])
     assert not (current / ".git").exists(), "the served code must not be a git working copy"
     assert (current / ".env").resolve() == root / "shared" / ".env"
+
+
+def test_rollback_right_after_the_first_deploy_exits_1_saying_nothing_served_before(service):
+    """No release served before the first one: `bin/deploy --rollback` exits 1 saying so, and
+    current stays where it was."""
+    root = service["root"]
+    current = (root / "current").resolve()
+    refused = sh(service["project"], "bin/deploy", "--rollback", check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "no release served before the current one" in refused.stderr
+    assert (root / "current").resolve() == current
+    assert health(service["port"])["release"] == service["first"]
 
 
 def test_tasks_in_flight_across_two_deploys_complete_exactly_once(service):
@@ -163,11 +188,61 @@ def test_three_deploys_three_refused_releases_and_a_rollback_under_load(service)
             path.write_text(original)
 
         sh(project, "make", "rollback")
-        assert health(port)["release"] == revisions[-2]
+        assert releases_served(port) == {revisions[-2]}
     assert load.ok > 100
     failed = f"{len(load.failures)} of {load.ok} failed: {load.failures}"
     assert not load.failures, f"{failed}\n{diagnostics(root)}"
     assert len(list((root / "releases").iterdir())) <= 3 + 3  # kept ones, plus the refused ones
+
+
+def test_a_release_that_fails_verify_after_the_switch_is_switched_back_under_load(service):
+    """The deploy's safety net: a release that passes every check in a throwaway process but, once
+    uWSGI serves it, reports another revision fails verify after the switch. The deploy switches
+    current back, reloads, exits 1 saying so, every worker serves the previous release when it
+    returns, and not one of the requests of 50 connections fails."""
+    project, port, root = service["project"], service["port"], service["root"]
+    before, serving = (root / "current").resolve(), health(port)["release"]
+    views = project / "my_service" / "views.py"
+    original = views.read_text()
+    # uWSGI puts its version into every request's environ; the throwaway check has none.
+    reported, imports = '"release": settings.RELEASE,', "from flask import "
+    assert reported in original and imports in original
+    under_uwsgi = '"release": settings.RELEASE + request.environ.get("uwsgi.version", b"").decode(),'
+    views.write_text(original.replace(reported, under_uwsgi, 1).replace(imports, imports + "request, ", 1))
+    broken = commit(project, "reports another revision once served")
+    try:
+        with Load(port) as load:
+            refused = sh(project, "bin/deploy", check=False, KEEP_RELEASES="3")
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            assert f"/health did not report {broken}" in refused.stderr
+            assert f"switching back to {before.name}" in refused.stderr
+            assert (root / "current").resolve() == before
+            assert releases_served(port) == {serving}
+        assert load.ok > 100
+        failed = f"{len(load.failures)} of {load.ok} failed: {load.failures[:10]}"
+        assert not load.failures, f"{failed}\n{diagnostics(root)}"
+    finally:
+        views.write_text(original)
+        commit(project, "reports its revision again")
+
+
+def test_rollback_returns_to_the_release_that_served_before_never_to_one_rolled_back_from(service):
+    """Deploy A, roll back, deploy B, roll back: the second rollback serves the release that served
+    before B, not A (rolled back from, though newer by name). Each command runs right after the
+    previous one returned, under 50 connections; when it returns every worker serves its release."""
+    project, port = service["project"], service["port"]
+    start = health(port)["release"]
+    with Load(port) as load:
+        first = deploy(project, "history-a")
+        assert releases_served(port) == {first}
+        sh(project, "make", "rollback")
+        assert releases_served(port) == {start}
+        second = deploy(project, "history-b")
+        assert releases_served(port) == {second}
+        sh(project, "make", "rollback")
+        assert releases_served(port) == {start}
+    assert load.ok > 100
+    assert not load.failures, f"{len(load.failures)} of {load.ok} failed: {load.failures[:10]}"
 
 
 def test_uploads_survive_deploys_and_are_served_as_inert_downloads(service):

@@ -1,0 +1,104 @@
+"""End to end: `make reload` returns only once every worker serves the new code, and says so when
+uWSGI ignored it; reloads run back to back under load without a failed request."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import bake, free_port, require
+from load import Load
+from test_serve import get, make, serving
+
+pytestmark = [pytest.mark.e2e, pytest.mark.venv]
+
+VARIANTS = [{}, {"cheap_mode": "true"}]
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda answers: "-".join(answers.values()) or "default")
+def served(request, tmp_path_factory, wheelhouse):
+    """A baked service under `make serve` (uWSGI, Celery, nginx), stopped after the module."""
+    require("nginx")
+    require("make")
+    port = free_port()
+    project = bake(tmp_path_factory.mktemp("reload"), http_port=port, **request.param)
+    with serving(project):
+        yield project, port
+
+
+def edit_page(project, marker):
+    """Change the home page's text, as a developer edits a template before `make reload`."""
+    index = project / "my_service" / "templates" / "index.html"
+    text = index.read_text()
+    start = text.index("It works")
+    end = text.index("<", start)
+    index.write_text(text[:start] + f"It works ({marker})" + text[end:])
+
+
+def pages_with(port, marker, count=40):
+    """How many of `count` requests to / answered 200 with the marker in the page."""
+    return sum(
+        status == 200 and f"It works ({marker})" in body
+        for status, _, body in (get(f"http://127.0.0.1:{port}/") for _ in range(count))
+    )
+
+
+def celery_pid(project):
+    try:
+        return int((project / "var" / "run" / "celery.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cwd(pid):
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def test_make_reload_returns_once_every_worker_serves_the_new_code(served):
+    """Right after `make reload` returns, 40 of 40 requests get the new page and the Celery worker
+    that ran before has been replaced by one running in the code directory."""
+    project, port = served
+    before = celery_pid(project)
+    edit_page(project, "returned")
+    result = make(project, "reload")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert pages_with(port, "returned") == 40
+    after = celery_pid(project)
+    assert after is not None and after != before and cwd(before) is None
+    assert cwd(after) == project
+
+
+def test_make_reload_exits_1_when_uwsgi_drops_it_during_a_running_chain_reload(served):
+    """A trigger that reaches uWSGI while a chain reload runs is ignored by uWSGI; `make reload`
+    says so and exits 1 instead of reporting a reload that never happened."""
+    project, port = served
+    (project / "var" / "run" / "reload").touch()
+    # uWSGI notices the touch within a second and starts replacing workers, a few seconds each.
+    subprocess.run(["sleep", "1.5"], check=True)
+    dropped = subprocess.run(
+        [project / "bin" / "reload"], cwd=project, capture_output=True, text=True, timeout=400
+    )
+    assert dropped.returncode == 1, dropped.stdout + dropped.stderr
+    assert "uWSGI dropped the reload" in dropped.stderr
+    # Once that chain is over, the same command goes through.
+    edit_page(project, "after-drop")
+    again = make(project, "reload", timeout=400)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert pages_with(port, "after-drop") == 40
+
+
+def test_back_to_back_reloads_under_load_fail_no_request_and_each_serves_its_code(served):
+    """Under 20 connections, three edits each followed at once by `make reload`: right after each,
+    every request gets that edit, and not one request fails meanwhile."""
+    project, port = served
+    with Load(port, threads=20, max_seconds=300) as load:
+        for version in ("r1", "r2", "r3"):
+            edit_page(project, version)
+            result = make(project, "reload", timeout=400)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert pages_with(port, version) == 40
+    assert load.ok > 100
+    assert not load.failures, f"{len(load.failures)} of {load.ok} failed: {load.failures[:10]}"
