@@ -218,8 +218,8 @@ def test_lb_adds_a_host_in_group_lb_that_answers_like_the_web_hosts(boot):
 
 def leftovers(name):
     """What remains on this machine of the lab called name: interfaces, processes, mounts,
-    cgroups and state, found by the names the lab gives them (sslab-NAME, vb-NAME-HOST,
-    --machine=NAME-HOST, shipshape-lab-NAME-HOST, the state directory)."""
+    cgroups, nspawn's own directories and state, found by the names the lab gives them
+    (sslab-NAME, vb-NAME-HOST, --machine=NAME-HOST, shipshape-lab-NAME-HOST, the state directory)."""
     found = []
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, check=True).stdout)
     found += [f"interface {link['ifname']}" for link in links if f"-{name}" in link["ifname"]]
@@ -235,6 +235,7 @@ def leftovers(name):
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         if line.split()[4].startswith(state_dir):
             found.append(f"mount {line.split()[4]}")
+    found += [f"nspawn {path}" for path in Path("/run/systemd/nspawn/propagate").glob(f"{name}-*")]
     for pattern in (f"shipshape-lab-{name}-*", f"*/shipshape-lab-{name}-*"):
         found += [f"cgroup {cgroup}" for cgroup in Path("/sys/fs/cgroup").glob(pattern)]
     if Path(state_dir).exists():
@@ -247,9 +248,16 @@ def test_down_leaves_no_bridge_process_mount_cgroup_or_state_and_runs_twice(boot
     state directory (with its ssh key); a second `down` exits 0."""
     booted = boot(2)
     kinds = {thing.split()[0] for thing in leftovers(booted.name)}
-    assert kinds == {"interface", "process", "mount", "cgroup", "state"}, "the lab's parts, seen while up"
+    assert kinds == {"interface", "process", "mount", "cgroup", "nspawn", "state"}, (
+        "the lab's parts, seen while up"
+    )
+    locks = [
+        Path(path) for host in booted.state["hosts"] for path in host["nspawn_files"] if "/locks/" in path
+    ]
+    assert all(lock.exists() for lock in locks), "nspawn's locks on the hosts' roots, seen while up"
     lab("down", name=booted.name)
     assert leftovers(booted.name) == []
+    assert [lock for lock in locks if lock.exists()] == []
     again = lab("down", name=booted.name)
     assert "nothing to remove" in again.stderr
 
@@ -267,7 +275,13 @@ def test_an_interrupted_up_removes_what_it_made():
             data = json.loads(state_file.read_text()) if state_file.is_file() else {"hosts": []}
             return data if any(host.get("pid") for host in data["hosts"]) else None
 
-        wait_for(a_host_started, UP_TIMEOUT, "a host's systemd-nspawn started", every=0.05)
+        state = wait_for(a_host_started, UP_TIMEOUT, "a host's systemd-nspawn started", every=0.05)
+        locks = [
+            Path(path)
+            for host in state["hosts"]
+            for path in host.get("nspawn_files", [])
+            if "/locks/" in path
+        ]
         assert leftovers(name), "the lab's parts, seen while up runs"
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
@@ -275,6 +289,7 @@ def test_an_interrupted_up_removes_what_it_made():
         assert stdout == "", "no inventory for a lab that is not up"
         assert "removing what it made" in stderr
         assert leftovers(name) == []
+        assert [lock for lock in locks if lock.exists()] == [], "nspawn's locks on the hosts' roots"
     finally:
         if process.poll() is None:
             process.kill()
