@@ -6,6 +6,7 @@ fixture runs `scripts/lab down` for it whatever happens. The root filesystems ar
 in seconds.
 """
 
+import importlib.util
 import json
 import os
 import shlex
@@ -17,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import CI, ROOT, wait_for
+from conftest import CI, ROOT, free_port, wait_for
 
 LAB = ROOT / "scripts" / "lab"
 STATE = Path(os.environ.get("SHIPSHAPE_LAB_STATE", "/var/tmp/shipshape-lab"))
@@ -255,9 +256,12 @@ def test_down_leaves_no_bridge_process_mount_cgroup_or_state_and_runs_twice(boot
         Path(path) for host in booted.state["hosts"] for path in host["nspawn_files"] if "/locks/" in path
     ]
     assert all(lock.exists() for lock in locks), "nspawn's locks on the hosts' roots, seen while up"
+    status = lab("status", name=booted.name)
+    assert "web1" in status.stdout and "running" in status.stdout
     lab("down", name=booted.name)
     assert leftovers(booted.name) == []
     assert [lock for lock in locks if lock.exists()] == []
+    assert lab("status", name=booted.name, check=False).returncode == 3
     again = lab("down", name=booted.name)
     assert "nothing to remove" in again.stderr
 
@@ -305,3 +309,59 @@ def test_up_refuses_a_subnet_this_machine_uses_and_makes_nothing():
     assert result.stderr.strip().splitlines()[-1].startswith("error: --subnet 127.0.0.0/24 collides with")
     assert result.stdout == ""
     assert not (STATE / name).exists()
+
+
+def lab_module():
+    """scripts/lab imported as a module (it has no .py suffix), for its recipe and cache key."""
+    loader = importlib.machinery.SourceFileLoader("lab_script", str(LAB))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("lab_script", loader))
+    loader.exec_module(module)
+    return module
+
+
+def test_the_root_filesystem_is_cached_per_recipe(monkeypatch):
+    """Another release, an extra package or another mirror names another cache entry (a rebuild);
+    the same recipe names the same one."""
+    module = lab_module()
+    cached = module.rootfs_path("bookworm", module.rootfs_recipe("bookworm"))
+    assert cached == module.rootfs_path("bookworm", module.rootfs_recipe("bookworm"))
+    assert cached != module.rootfs_path("trixie", module.rootfs_recipe("trixie"))
+    monkeypatch.setenv("SHIPSHAPE_LAB_PACKAGES", "make")
+    assert cached != module.rootfs_path("bookworm", module.rootfs_recipe("bookworm"))
+    monkeypatch.delenv("SHIPSHAPE_LAB_PACKAGES")
+    monkeypatch.setenv("SHIPSHAPE_LAB_MIRROR", "http://127.0.0.1:1/debian")
+    assert cached != module.rootfs_path("bookworm", module.rootfs_recipe("bookworm"))
+
+
+def test_a_cached_root_filesystem_is_reused_without_building():
+    """A second `scripts/lab rootfs` prints the same path at once and builds nothing."""
+    first = lab("rootfs", "--release", "bookworm", name="lab")
+    started = time.monotonic()
+    second = lab("rootfs", "--release", "bookworm", name="lab")
+    assert second.stdout == first.stdout and Path(second.stdout.strip(), "etc", "os-release").is_file()
+    assert "building" not in second.stderr
+    assert time.monotonic() - started < 10
+
+
+def test_a_failed_build_leaves_no_root_filesystem_in_the_cache(tmp_path):
+    """mmdebstrap failing (its mirrors refuse connections) exits 1 naming it; the cache holds nothing
+    that a later `up` could take for a root filesystem."""
+    dead = f"http://127.0.0.1:{free_port()}/debian"
+    env = {
+        **os.environ,
+        "SHIPSHAPE_LAB_CACHE": str(tmp_path),
+        "SHIPSHAPE_LAB_MIRROR": dead,
+        "SHIPSHAPE_LAB_SECURITY_MIRROR": dead + "-security",
+    }
+    result = subprocess.run(
+        [LAB, "rootfs", "--release", "bookworm"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "error: mmdebstrap failed" in result.stderr
+    assert result.stdout == ""
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".lock"]
