@@ -202,7 +202,7 @@ def test_hosts_reach_each_other_by_name_on_a_private_bridge_with_no_way_out(web2
     )
     started = time.monotonic()
     web2.ssh("web1", "python3", "-c", "import socket; socket.getfqdn()")
-    assert time.monotonic() - started < 3, "a name lookup waited for an unreachable resolver"
+    assert time.monotonic() - started < 5, "a name lookup waited for an unreachable resolver (10 s each)"
     assert "default" not in web2.ssh("web1", "ip", "-4", "route")
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == FORWARDING_BEFORE, "forwarding changed"
 
