@@ -16,7 +16,10 @@ min meets may be load from other jobs (see loadavg_start/end in the JSON); rerun
 regression. The `make serve` row is the part of first-200 after the bake (uWSGI, Celery and nginx
 start, imports); it has no target. The JSON's raw runs also hold the hook's own venv time.
 
-    .tools/bin/python bench/bake.py [--runs N]   # writes bench/results/bake.{json,md}
+Every result names the commit it measured (bench/provenance.py): a tree with uncommitted changes is
+refused unless --allow-dirty, and then the results are marked DIRTY.
+
+    .tools/bin/python bench/bake.py [--runs N] [--allow-dirty]   # writes bench/results/bake.{json,md}
 """
 
 import argparse
@@ -35,7 +38,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+import provenance
+from provenance import REPO
+
 TOOLS = REPO / ".tools" / "bin"
 RESULTS = REPO / "bench" / "results"
 WHEELHOUSE = os.environ.get("WHEELHOUSE") or str(Path.home() / ".cache/shipshape/wheelhouse")
@@ -187,14 +192,12 @@ def table(rows, markdown=False):
 
 
 def machine_facts():
-    """Git rev of the template, date, Python, nproc and tool versions, for the JSON."""
+    """Date, Python, nproc and tool versions, for the JSON (the commit: provenance.check)."""
 
     def out(*cmd):
         return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO).stdout.strip()
 
     return {
-        "git_rev": out("git", "rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(out("git", "status", "--porcelain", "--untracked-files=no")),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "nproc": int(out("nproc")),
@@ -231,25 +234,27 @@ def write_results(facts, rows, raw, runs, note):
         "note": note,
     }
     (RESULTS / "bake.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "bake.md").write_text(
-        f"# Bake and first-200 times\n\n{facts['date']}, template {facts['git_rev']}"
-        f"{' (dirty)' if facts['git_dirty'] else ''}, {facts['nproc']} cores, Python {facts['python']}, "
-        f"{facts['cookiecutter']}, {facts['uv']}; warm uv cache and wheelhouse, {runs} interleaved runs "
-        f"per case.\n\n{table(rows, markdown=True)}" + (f"\n{note}\n" if note else "")
+    text = (
+        f"# Bake and first-200 times\n\n{facts['date']}, {provenance.describe(facts)}, {facts['nproc']} "
+        f"cores, Python {facts['python']}, {facts['cookiecutter']}, {facts['uv']}; warm uv cache and "
+        f"wheelhouse, {runs} interleaved runs per case.\n\n{table(rows, markdown=True)}"
     )
+    (RESULTS / "bake.md").write_text(provenance.with_banner(text, facts) + (f"\n{note}\n" if note else ""))
     print(f"\nwrote {RESULTS / 'bake.json'} and {RESULTS / 'bake.md'}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per case (default 5)")
+    provenance.add_option(parser)
     args = parser.parse_args()
+    facts = provenance.check(args.allow_dirty)
     cases, note = ["render", "render-api", "bake+venv", "first-200"], ""
     if shutil.which("nginx") is None:
         note = "nginx not found: first-200 skipped (apt-get install nginx, or make system-packages)"
         print(note)
         cases.remove("first-200")
-    facts = machine_facts()
+    facts.update(machine_facts())
     print("warm-up: one untimed bake+venv so uv's cache is warm ...", flush=True)
     try:
         one_run("bake+venv")
@@ -258,7 +263,8 @@ def main():
         print(f"error: {error}", file=sys.stderr)
         return 1
     rows = summarize(raw)
-    print("\n" + table(rows))
+    provenance.recheck(facts)
+    print("\n" + provenance.with_banner(table(rows), facts))
     write_results(facts, rows, raw, args.runs, note)
     return 0
 

@@ -9,9 +9,11 @@ and the reload fired. Alternatives, interleaved in every round (order rotated pe
                 a time (`make reload` also sends Celery SIGTERM; that part is not measured here).
   gunicorn-hup  the same app under gunicorn 27.0.1: 4 sync workers, no preload, a unix socket behind
                 nginx proxy_pass; SIGHUP to its master. No Celery or cron runs beside it.
-uWSGI's `max-requests` is set to 0 in the baked ini unless --as-shipped: under this load all 4
-workers reach 5000 requests within seconds of each other and respawn together, a stall that has
-nothing to do with the reload (gunicorn has no max_requests by default either).
+uWSGI serves the baked deploy/uwsgi.ini as shipped (lazy-apps, threads = 2, reload-on-rss = 512,
+no max-requests, touch-chain-reload; the .md names the settings the baked ini had), gunicorn its
+defaults (no max_requests either). Before the load starts, the new release's static manifest is
+built, as bin/deploy does before its switch; at the reload only the REVISION file is written, so the
+baseline window measures serving alone.
 Load: one process, 50 asyncio connections timing every request (wrk's Lua hooks cannot time single
 requests; threads with http.client cost the 2 cores more). A side thread polls /health at 20 Hz,
 outside the load figures, for the `release` the answering worker reports.
@@ -22,10 +24,12 @@ max` cover requests in flight from the reload until AFTER s after the last /heal
 revision (or the end of the load). `first new` is when /health first showed the new revision,
 `last old` when it last showed the old one (then every worker is new; near the load's end: unfinished).
 A run meets the target with 0 failed, reload max <= base max + 0.5 s and the new revision served;
-`meets` counts those runs. `recycles` counts uWSGI workers that max-requests replaced during the
-load (grey ticks in the PNG). The machine is shared: loadavg per run is in the JSON.
+`meets` counts those runs. `recycles` counts uWSGI workers replaced during the load other than by
+the reload (reload-on-rss; grey ticks in the PNG). The machine is shared: loadavg per run is in the
+JSON. Every result names the commit it measured (bench/provenance.py): a tree with uncommitted
+changes is refused unless --allow-dirty, and then the results are marked DIRTY.
 
-    .tools/bin/python bench/reload.py [--runs N] [--duration S] [--as-shipped]
+    .tools/bin/python bench/reload.py [--runs N] [--duration S] [--allow-dirty]
     # writes bench/results/reload.{json,md,png}
 """
 
@@ -53,6 +57,7 @@ import urllib.request
 from math import nan
 from pathlib import Path
 
+import provenance
 from bake import REPO, RESULTS, TOOLS, bake, free_port, machine_facts, render, run, stop
 
 ALTERNATIVES = ["uwsgi-hup", "chain", "gunicorn-hup"]
@@ -61,6 +66,8 @@ CONNECTIONS = 50  # keep-alive clients, each sending GET / back to back
 RELOAD_AT, SETTLE, WARMUP, AFTER = 5.0, 3.0, 1.0, 5.0  # s: reload into the load, idle after start, ...
 POLL, TIMEOUT, TARGET_EXTRA = 0.05, 30.0, 0.5  # s: /health poll interval, request timeout, target slack
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+# The baked ini's settings that shape a reload, named in the results (None: not set).
+INI_KEYS = ("processes", "threads", "lazy-apps", "reload-on-rss", "max-requests", "touch-chain-reload")
 # As bin/serve writes it, with proxy_pass to gunicorn instead of the site's uwsgi_pass.
 NGINX_CONF = """{user}
 worker_processes 1;
@@ -205,6 +212,24 @@ def stop_gunicorn(project, master):
             os.killpg(master.pid, signal.SIGKILL)
 
 
+def ini_settings(ini):
+    """INI_KEYS as the baked uwsgi.ini sets them (None where it does not)."""
+    found = dict(re.findall(r"(?m)^([a-z-]+) = (.*)$", ini.read_text()))
+    return {key: found.get(key) for key in INI_KEYS}
+
+
+def describe_ini(settings):
+    """`processes = 4, ..., no max-requests` for the .md."""
+    return ", ".join(f"no {k}" if v is None else f"{k} = {v}" for k, v in settings.items())
+
+
+def prepare_release(project, tag):
+    """Build release `tag`'s static manifest, as bin/deploy does before its switch (the app refuses to
+    start without it, and need-app would then stop the whole server). Before the load: not timed."""
+    env = {**os.environ, "STATE_DIR": str(project / "var"), "RELEASE": tag}
+    run([project / ".venv/bin/python", "-m", "my_service.assets"], 60, cwd=project, env=env)
+
+
 def fire(alternative, project, master):
     """Fire the reload of `alternative`."""
     if alternative == "chain":
@@ -225,11 +250,8 @@ def drive(alternative, project, port, duration, tag, master):
         poller = threading.Thread(target=poll_release, args=(port, t0 + duration, polls))
         poller.start()
         time.sleep(max(0.0, t0 + RELOAD_AT - time.monotonic()))
+        # The release was prepared before the load (prepare_release): this write makes it current.
         (project / "REVISION").write_text(tag + "\n")
-        # As bin/deploy does before the switch: the new release's static manifest (the app refuses
-        # to start without it, and need-app would then stop the whole server).
-        env = {**os.environ, "STATE_DIR": str(project / "var")}
-        run([project / ".venv/bin/python", "-m", "my_service.assets"], 60, cwd=project, env=env)
         t_reload = time.monotonic()
         fire(alternative, project, master)
         records = future.result(timeout=duration + 60)
@@ -283,14 +305,14 @@ def analyse(records, polls, times, new):
 
 
 def log_facts(project, sizes, t_reload):
-    """From the logs' sizes at the load's start to now: uWSGI's max-requests recycles (seconds since
-    the reload, to 1 s) and nginx's [error] lines (count, first one)."""
+    """From the logs' sizes at the load's start to now: uWSGI workers recycled other than by a reload,
+    i.e. by reload-on-rss (seconds since the reload, to 1 s), and nginx's [error] lines (count, first)."""
     texts = {}
     for name, start in sizes.items():
         with open(project / "var/log" / name, "rb") as log:
             texts[name] = log.read()[start:].decode(errors="replace").splitlines()
     uwsgi, wall_to_mono = texts.get("uwsgi.log", []), time.time() - time.monotonic()
-    # A worker that a reload stops mid-request also says "Seeya"; max-requests stops it unannounced.
+    # A worker that a reload stops also says "Seeya"; a recycle (reload-on-rss) stops it unannounced.
     reloaded = set(re.findall(r"Gracefully killing worker \d+ \(pid: (\d+)\)", "\n".join(uwsgi)))
     recycles = [
         round(time.mktime(time.strptime(line[:24], "%a %b %d %H:%M:%S %Y")) - wall_to_mono - t_reload, 1)
@@ -312,27 +334,26 @@ def log_sizes(project):
     return {log.name: log.stat().st_size for log in logs if log.exists()}
 
 
-def one_run(alternative, duration, tag, as_shipped):
-    """Bake, serve, load + reload, stop; return the run's figures and timeline."""
+def one_run(alternative, duration, tag):
+    """Bake, serve, prepare the new release, load + reload, stop; return the run's figures and timeline."""
     out_dir, port = Path(tempfile.mkdtemp(prefix=f"bench-reload-{alternative}-")), free_port()
     project, master, loadavg = out_dir / "my_service", None, os.getloadavg()[0]
+    ini = {}
     try:
         bake(out_dir, venv=True, http_port=port)
         if alternative == "gunicorn-hup":
             master = start_gunicorn(project, port)
         else:
-            if not as_shipped:
-                # Off unless --as-shipped: under this load all 4 workers reach it together every few s.
-                ini = project / "deploy/uwsgi.ini"
-                ini.write_text(re.sub(r"(?m)^max-requests = \d+$", "max-requests = 0", ini.read_text()))
+            ini = {"uwsgi_ini": ini_settings(project / "deploy/uwsgi.ini")}
             run(["make", "serve"], 180, cwd=project)
         wait_healthy(port)
+        prepare_release(project, tag)
         time.sleep(SETTLE)
         sizes = log_sizes(project)
         records, polls, times = drive(alternative, project, port, duration, tag, master)
         facts = log_facts(project, sizes, times["reload"])
         figures, timeline = analyse(records, polls, times, tag)
-        return {**figures, **facts, "loadavg": loadavg, "timeline": timeline}
+        return {**figures, **facts, **ini, "loadavg": loadavg, "timeline": timeline}
     finally:
         if master is not None:
             stop_gunicorn(project, master)
@@ -371,7 +392,7 @@ def table(rows, markdown=False):
     return render(head, body, markdown)
 
 
-def plot(raw, path):
+def plot(raw, facts, path):
     """Latency over time in the median run (by reload max) of each alternative; the reload at 0."""
     import matplotlib
 
@@ -408,7 +429,7 @@ def plot(raw, path):
         ax.set_title(
             f"{alt}: reload max {r['reload_max']:.2f} s (base max {r['base_max']:.2f} s), "
             f"{r['non_2xx'] + r['socket_errors']} failed of {r['requests']}, new revision {new}"
-            + (f", {r['recycles']} max-requests recycles (grey ticks)" if r["recycles"] else ""),
+            + (f", {r['recycles']} reload-on-rss recycles (grey ticks)" if r["recycles"] else ""),
             fontsize=10,
         )
         ax.grid(alpha=0.3, which="both")
@@ -416,6 +437,7 @@ def plot(raw, path):
     fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=8, frameon=False)
     axes[-1].set_xlabel(f"seconds since the reload (GET / through nginx, {CONNECTIONS} keep-alive clients)")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    provenance.mark_figure(fig, facts)
     fig.savefig(path, dpi=100)
 
 
@@ -431,16 +453,16 @@ def write_results(facts, rows, raw, runs):
         "timeline_columns": columns,
     }
     (RESULTS / "reload.json").write_text(json.dumps({**report, "raw": raw}, indent=1) + "\n")
-    plot(raw, RESULTS / "reload.png")
-    (RESULTS / "reload.md").write_text(
-        f"# Reload under load\n\n{facts['date']}, template {facts['git_rev']}"
-        f"{' (dirty)' if facts['git_dirty'] else ''}, {facts['nproc']} cores, Python {facts['python']}, "
-        f"{facts['nginx']}, {GUNICORN}; {runs} interleaved runs per alternative, {facts['duration_s']:g} s "
-        f"of load ({facts['load']}), reload at {RELOAD_AT:g} s, uWSGI max-requests "
-        f"{facts['uwsgi_max_requests']}. Target: 0 failed and reload max <= base max + {TARGET_EXTRA} s. "
-        "See bench/reload.py for how to read the columns.\n\n"
-        f"{table(rows, markdown=True)}\n![latency over time](reload.png)\n"
+    plot(raw, facts, RESULTS / "reload.png")
+    text = (
+        f"# Reload under load\n\n{facts['date']}, {provenance.describe(facts)}, {facts['nproc']} cores, "
+        f"Python {facts['python']}, {facts['nginx']}, {GUNICORN}; {runs} interleaved runs per alternative, "
+        f"{facts['duration_s']:g} s of load ({facts['load']}), reload at {RELOAD_AT:g} s, the new "
+        f"release's static built before the load. uWSGI as baked: {describe_ini(facts['uwsgi_ini'])}. "
+        f"Target: 0 failed and reload max <= base max + {TARGET_EXTRA} s. See bench/reload.py for how to "
+        f"read the columns.\n\n{table(rows, markdown=True)}\n![latency over time](reload.png)\n"
     )
+    (RESULTS / "reload.md").write_text(provenance.with_banner(text, facts))
     print(f"\nwrote {RESULTS / 'reload.json'}, {RESULTS / 'reload.md'} and {RESULTS / 'reload.png'}")
 
 
@@ -448,8 +470,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per alternative (default 3)")
     parser.add_argument("--duration", type=float, default=20.0, help="load seconds per run (default 20)")
-    parser.add_argument("--as-shipped", action="store_true", help="keep uWSGI's max-requests (default: off)")
+    provenance.add_option(parser)
     args = parser.parse_args()
+    commit = provenance.check(args.allow_dirty)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -462,20 +485,20 @@ def main():
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
     load = f"1 process, {CONNECTIONS} asyncio keep-alive connections, GET /"
     facts = {
+        **commit,
         **{k: v for k, v in machine_facts().items() if k != "warm_up"},  # bake.py's own note
         "nginx": nginx,
         "gunicorn": GUNICORN,
         "load": load,
         "duration_s": args.duration,
     }
-    facts["uwsgi_max_requests"] = "as shipped" if args.as_shipped else "0 (set in the baked ini)"
     facts.update(reload_at_s=RELOAD_AT, settle_s=SETTLE, warmup_s=WARMUP, after_s=AFTER, poll_s=POLL)
     raw = {alt: [] for alt in ALTERNATIVES}
     try:
         for round_no in range(args.runs):
             shift = round_no % len(ALTERNATIVES)
             for alt in ALTERNATIVES[shift:] + ALTERNATIVES[:shift]:
-                result = one_run(alt, args.duration, f"rev-{round_no + 1}-{alt}", args.as_shipped)
+                result = one_run(alt, args.duration, f"rev-{round_no + 1}-{alt}")
                 raw[alt].append(result)
                 shown = {
                     k: round(v, 3) if isinstance(v, float) else v
@@ -487,7 +510,9 @@ def main():
         print(f"error: {error}", file=sys.stderr)
         return 1
     rows = summarize(raw)
-    print("\n" + table(rows))
+    facts["uwsgi_ini"] = raw["chain"][0]["uwsgi_ini"]
+    provenance.recheck(facts)
+    print("\n" + provenance.with_banner(table(rows), facts))
     write_results(facts, rows, raw, args.runs)
     return 0
 

@@ -26,7 +26,10 @@ before it (None: not before the run's end). The machine is shared (loadavg per s
 and the load generator uses the same 2 cores, so latency is noisy; errors and RSS are the figures
 to judge.
 
-    .tools/bin/python bench/soak.py [--minutes M] [--connections C] [--reload-every S]
+Every result names the commit it measured (bench/provenance.py): a tree with uncommitted changes is
+refused unless --allow-dirty, and then the results are marked DIRTY.
+
+    .tools/bin/python bench/soak.py [--minutes M] [--connections C] [--reload-every S] [--allow-dirty]
     # smoke run: --minutes 1 --reload-every 20; writes bench/results/soak.{json,md,png}
 """
 
@@ -48,8 +51,9 @@ import time
 from math import nan
 from pathlib import Path
 
+import provenance
 from bake import REPO, RESULTS, bake, free_port, machine_facts, render, run, stop
-from reload import client, failed, log_facts, log_sizes, wait_healthy
+from reload import client, describe_ini, failed, ini_settings, log_facts, log_sizes, wait_healthy
 
 SAMPLE = 5.0  # s between RSS samples, and the width of the latency buckets
 RSS_SLACK = 0.10  # last interval's median total RSS may exceed the second interval's by this much
@@ -365,6 +369,7 @@ def plot(load, samples, reloads, facts, path):
             handles, labels = handles + more[0], labels + more[1]
         ax.legend(handles, labels, loc="upper left", fontsize=8, ncol=4, framealpha=0.8)
     fig.tight_layout()
+    provenance.mark_figure(fig, facts)
     fig.savefig(path, dpi=100)
 
 
@@ -383,15 +388,15 @@ def write_results(facts, rows, verdict_, load, samples, reloads):
     }
     (RESULTS / "soak.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(load, samples, reloads, facts, RESULTS / "soak.png")
-    (RESULTS / "soak.md").write_text(
+    text = (
         f"# Soak: sustained load with a reload every {facts['reload_every_s']:g} s\n\n"
-        f"{facts['date']}, template {facts['git_rev']}{' (dirty)' if facts['git_dirty'] else ''}, "
-        f"{facts['nproc']} cores shared with other jobs (loadavg {facts['loadavg_start'][0]:.1f} at the "
-        f"start, {report['loadavg_end'][0]:.1f} at the end; the load generator runs on the same cores), "
-        f"Python {facts['python']}, {facts['nginx']}; {facts['minutes']:g} min of load "
-        f"({facts['load']}), `bin/reload` every {facts['reload_every_s']:g} s, uWSGI settings as "
-        "shipped. Target: 0 errors, and the last interval's median total RSS at most "
-        f"{RSS_SLACK:.0%} above the second's. See bench/soak.py for how to read the columns.\n\n"
+        f"{facts['date']}, {provenance.describe(facts)}, {facts['nproc']} cores shared with other jobs "
+        f"(loadavg {facts['loadavg_start'][0]:.1f} at the start, {report['loadavg_end'][0]:.1f} at the "
+        f"end; the load generator runs on the same cores), Python {facts['python']}, {facts['nginx']}; "
+        f"{facts['minutes']:g} min of load ({facts['load']}), `bin/reload` every "
+        f"{facts['reload_every_s']:g} s, uWSGI as baked: {describe_ini(facts['uwsgi_ini'])}. Target: 0 "
+        f"errors, and the last interval's median total RSS at most {RSS_SLACK:.0%} above the second's. "
+        "See bench/soak.py for how to read the columns.\n\n"
         f"{table(rows, markdown=True)}\n{summary_text(verdict_, facts['reload_every_s'])} "
         f"{facts['log']['recycles']} reload-on-rss recycles, {facts['log']['nginx_errors']} nginx "
         f"[error] lines, {facts['log']['uwsgi_alerts']} uWSGI alerts (DAMN/HARAKIRI/Traceback). "
@@ -399,6 +404,7 @@ def write_results(facts, rows, verdict_, load, samples, reloads):
         f"restarted by every reload: {facts['celery_restarted_every_time']}.\n\n"
         "![latency, errors and RSS over time](soak.png)\n"
     )
+    (RESULTS / "soak.md").write_text(provenance.with_banner(text, facts))
     print(f"\nwrote {RESULTS / 'soak.json'}, {RESULTS / 'soak.md'} and {RESULTS / 'soak.png'}")
 
 
@@ -419,6 +425,7 @@ def soak(args, facts):
     try:
         print(f"baking and serving on 127.0.0.1:{port} ...", flush=True)
         bake(out_dir, venv=True, http_port=port)
+        facts["uwsgi_ini"] = ini_settings(project / "deploy/uwsgi.ini")
         run(["make", "serve"], 180, cwd=project)
         wait_healthy(port)
         time.sleep(3)
@@ -453,7 +460,9 @@ def main():
     parser.add_argument("--minutes", type=float, default=10.0, help="minutes of load (default 10)")
     parser.add_argument("--connections", type=int, default=100, help="keep-alive clients (default 100)")
     parser.add_argument("--reload-every", type=float, default=60.0, help="s between reloads (default 60)")
+    provenance.add_option(parser)
     args = parser.parse_args()
+    commit = provenance.check(args.allow_dirty)
     if args.connections < 1:
         sys.exit(f"error: --connections={args.connections}: at least 1")
     if args.reload_every < 2 * SAMPLE:
@@ -471,6 +480,7 @@ def main():
     run([REPO / "scripts/wheelhouse"], 600)
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
     facts = {
+        **commit,
         **{k: v for k, v in machine_facts().items() if k != "warm_up"},  # bake.py's own note
         "nginx": nginx,
         "load": f"1 process, {args.connections} asyncio keep-alive connections, GET /",
@@ -497,7 +507,8 @@ def main():
     )
     rows = minute_rows(load, samples)
     verdict_ = verdict(load, samples, args.minutes * 60, args.reload_every)
-    print("\n" + table(rows))
+    provenance.recheck(facts)
+    print("\n" + provenance.with_banner(table(rows), facts))
     print("\n" + summary_text(verdict_, args.reload_every))
     write_results(facts, rows, verdict_, load, samples, reloads)
     return 0
