@@ -81,15 +81,39 @@ def wheelhouse():
     return WHEELHOUSE
 
 
+def python_interpreter(version):
+    """A python<version> that runs: on PATH, or in pyenv's versions (its shims answer only when
+    PYENV_VERSION names them, PITFALLS.md section 20). Missing: fails under CI=true, skips locally."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [shutil.which(f"python{version}"), *pyenv.glob(f"versions/{version}.*/bin/python{version}")]
+    for candidate in filter(None, candidates):
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True, check=False).returncode == 0:
+            return Path(candidate)
+    message = f"python{version} not found: `pyenv install {version}` (or apt-get install python{version}-dev)"
+    if CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def env_with_python(version, directory):
+    """os.environ with python<version> first on PATH (bin/install asks for it by that name), after
+    building uWSGI for it into the wheelhouse."""
+    interpreter = python_interpreter(version)
+    subprocess.run([ROOT / "scripts" / "wheelhouse"], check=True, env={**os.environ, "PYTHON": interpreter})
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"python{version}").symlink_to(interpreter)
+    return {**os.environ, "PATH": f"{directory}{os.pathsep}{os.environ['PATH']}"}
+
+
 def run_cookiecutter(output_dir, *answers, env=None):
     """Run the cookiecutter CLI as a user would: --no-input with key=value answers."""
     command = [TOOLS_BIN / "cookiecutter", "--no-input", "--output-dir", output_dir, ROOT, *answers]
     return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
 
 
-def bake(output_dir, **answers):
+def bake(output_dir, env=None, **answers):
     """Bake with the post-gen hook building .venv from the wheelhouse; return the project path."""
-    env = {**os.environ, "SKIP_VENV": "0"}
+    env = {**(env or os.environ), "SKIP_VENV": "0"}
     # The venv uses the tools' Python: the wheelhouse holds uWSGI for that version.
     answers = {"python_version": f"{sys.version_info.major}.{sys.version_info.minor}", **answers}
     result = run_cookiecutter(output_dir, *(f"{key}={value}" for key, value in answers.items()), env=env)

@@ -5,7 +5,7 @@ import stat
 import subprocess
 
 import pytest
-from conftest import require_server, run_cookiecutter
+from conftest import bake, env_with_python, require_server, run_cookiecutter
 
 pytestmark = pytest.mark.venv
 
@@ -15,15 +15,51 @@ VARIANTS = [
 ]
 
 
+def server_test_env(env=None):
+    """The service's own tests run their PostgreSQL and Redis tests only with these set."""
+    require_server("PostgreSQL", 5432, "apt-get install postgresql (trust auth for postgres on 127.0.0.1)")
+    require_server("redis", 6379, "start it with `redis-server --daemonize yes --bind 127.0.0.1`")
+    return {
+        **(env or os.environ),
+        "TEST_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+        "TEST_REDIS_URL": f"redis://127.0.0.1:6379/{os.getpid() % 15 + 1}",
+    }
+
+
+def make_test_and_lint(project, env):
+    """`make test` then `make lint`: both pass, no test skipped (the server tests ran), no warning."""
+    for target in ("test", "lint"):
+        result = subprocess.run(
+            ["make", target], cwd=project, env=env, capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, f"make {target}\n{result.stdout}\n{result.stderr}"
+        if target == "test":
+            assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout
+    assert "All checks passed" in result.stdout
+    assert "warning" not in result.stdout.lower()
+
+
 @pytest.mark.parametrize("answers", VARIANTS, ids=["defaults", "use_celery=false-use_sentry=false-cheap"])
 def test_baked_service_passes_its_own_tests_and_lint(bake_with_venv, answers):
-    """Right after baking, `make test` and `make lint` pass with zero warnings."""
-    project = bake_with_venv(**answers)
-    for target in ("test", "lint"):
-        result = subprocess.run(["make", target], cwd=project, capture_output=True, text=True, check=False)
-        assert result.returncode == 0, f"make {target}\n{result.stdout}\n{result.stderr}"
-    assert " passed" in result.stdout or "All checks passed" in result.stdout
-    assert "warning" not in result.stdout.lower()
+    """Right after baking, `make test` (PostgreSQL and Redis tests included) and `make lint` pass
+    with zero warnings."""
+    make_test_and_lint(bake_with_venv(**answers), server_test_env())
+
+
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_a_service_baked_for_each_offered_python_passes_its_own_tests(tmp_path, wheelhouse, version):
+    """python_version=3.12 and 3.13 (3.11, the default, is the bake above): the venv runs that Python,
+    and `make test` passes under -W error (3.13 warns about every SQLite connection left unclosed)."""
+    env = env_with_python(version, tmp_path / "bin")
+    project = bake(tmp_path, env=env, python_version=version)
+    result = subprocess.run(
+        [project / ".venv/bin/python", "-c", "import sys; print(sys.version)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.startswith(f"{version}."), result.stdout
+    make_test_and_lint(project, server_test_env(env))
 
 
 def test_venv_has_a_uwsgi_with_pcre(bake_with_venv):

@@ -19,16 +19,16 @@ def test_health_reports_release_and_dependencies(client):
     assert body["release"] == settings.RELEASE
     assert body["database"] == "ok"
     assert body["broker"] in {"ok", "disabled"}
+    assert body["cache"] == "in-process"
 
 
 def test_health_is_503_without_a_traceback_when_the_database_is_down(client, monkeypatch, tmp_path):
     """An unreachable database turns /health into a 503 naming the database, not a 500."""
     monkeypatch.setattr(settings, "DATABASE_URL", f"sqlite:///{tmp_path}/missing/dir/db.sqlite3")
-    db.engine.cache_clear()
     try:
         response = client.get("/health")
     finally:
-        db.engine.cache_clear()
+        db.dispose()
     assert response.status_code == 503
     body = response.get_json()
     assert body["status"] == "error"
@@ -40,13 +40,12 @@ def test_health_is_503_when_the_sqlite_database_cannot_be_written(client, monkey
     """A database SQLite can read but not write (here its journal cannot be created, as on a full
     disk or a read-only directory) is down for /health: SELECT 1 alone would not notice."""
     monkeypatch.setattr(settings, "DATABASE_URL", f"sqlite:///{tmp_path}/db.sqlite3")
-    db.engine.cache_clear()
     try:
         assert client.get("/health").get_json()["database"] == "ok"
         (tmp_path / "db.sqlite3-journal").mkdir()
         response = client.get("/health")
     finally:
-        db.engine.cache_clear()
+        db.dispose()
     assert response.status_code == 503
     assert response.get_json()["database"] == "error: OperationalError"
 

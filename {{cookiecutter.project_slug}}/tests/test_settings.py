@@ -42,3 +42,14 @@ def test_paths_derive_from_state_dir():
     assert settings.RUN_DIR == settings.STATE_DIR / "run"
     assert settings.STATIC_ROOT == settings.STATE_DIR / "static"
     assert str(settings.STATE_DIR) == os.environ["STATE_DIR"]
+
+
+def test_make_dirs_creates_every_state_directory_from_the_one_list(tmp_path):
+    """`python -m <package>.settings --make-dirs` (bin/serve, bin/deploy) creates settings.STATE_DIRS."""
+    command = [sys.executable, "-m", "{{ cookiecutter.project_slug }}.settings", "--make-dirs"]
+    env = {**os.environ, "STATE_DIR": str(tmp_path / "state")}
+    result = subprocess.run(command, cwd=settings.BASE_DIR, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    names = {path.relative_to(settings.STATE_DIR).as_posix() for path in settings.STATE_DIRS}
+    assert names == {"run", "log", "data", "static", "media", "tmp"}
+    assert {path.name for path in (tmp_path / "state").iterdir()} == names

@@ -2,7 +2,7 @@
 
 from flask import Flask
 
-from . import assets, observability, settings, views
+from . import assets, cache, observability, settings, views
 
 
 def create_app() -> Flask:
@@ -21,6 +21,8 @@ def create_app() -> Flask:
     )
     # Hashed asset URLs from the manifest written by the static build.
     assets.init_app(app)
+    # The cache the pages use (CACHE_URL): in-process, or Redis shared by every worker.
+    cache.init_app(app)
     # The pages and /health.
     views.init_app(app)
     return app

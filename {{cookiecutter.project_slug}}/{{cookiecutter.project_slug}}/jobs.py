@@ -29,7 +29,7 @@ def heartbeat() -> str:
 
 def cleanup_tmp(max_age: float = 24 * 3600) -> int:
     """Delete files older than a day from STATE_DIR/tmp. Every 15 minutes; running twice is harmless."""
-    tmp = settings.STATE_DIR / "tmp"
+    tmp = settings.TMP_DIR
     cutoff = time.time() - max_age
     removed = 0
     for path in tmp.rglob("*") if tmp.exists() else ():

@@ -65,13 +65,25 @@ LOG_DIR = STATE_DIR / "log"
 DATA_DIR = STATE_DIR / "data"
 STATIC_ROOT = STATE_DIR / "static"
 MEDIA_ROOT = STATE_DIR / "media"
+TMP_DIR = STATE_DIR / "tmp"
+# The one list of the state directories: the app, Celery and jobs create them through
+# make_state_dirs(), bin/serve and bin/deploy through `python -m <package>.settings --make-dirs`.
+STATE_DIRS = (RUN_DIR, LOG_DIR, DATA_DIR, STATIC_ROOT, MEDIA_ROOT, TMP_DIR)
 DEPLOY_ROOT = BASE_DIR / env.path("DEPLOY_ROOT", STATE_DIR / "deploy")
 # `make doctor` fails when the state directory or the deploy root has less free disk than this.
 DISK_FREE_MIN_MB = env.int("DISK_FREE_MIN_MB", 500, validate=Range(min=0))
 
+# postgresql:// runs on psycopg 3 (db.py); SQLite is the default, a file under DATA_DIR.
 DATABASE_URL = env.str(
-    "DATABASE_URL", f"sqlite:///{DATA_DIR}/app.sqlite3", validate=_url_scheme("sqlite", "postgresql")
+    "DATABASE_URL",
+    f"sqlite:///{DATA_DIR}/app.sqlite3",
+    validate=_url_scheme("sqlite", "postgresql", "postgresql+psycopg"),
 )
+# memory:// keeps a cache in each worker process; redis://… one shared by every worker and host.
+CACHE_URL = env.str("CACHE_URL", "memory://", validate=_url_scheme("memory", "redis", "rediss"))
+# Prefix of this service's keys in a shared Redis: services (or staging and production) on one
+# Redis each need their own.
+CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", "{{ cookiecutter.project_slug }}:", validate=Length(min=1))
 {%- if cookiecutter.use_celery %}
 CELERY_BROKER_URL = env.str(
     "CELERY_BROKER_URL",
@@ -99,7 +111,7 @@ RELEASE = env.str("RELEASE", _revision_file.read_text().strip() if _revision_fil
 
 def make_state_dirs() -> None:
     """Create the directories the service writes to (idempotent; the app, Celery and jobs call it)."""
-    for path in (RUN_DIR, LOG_DIR, DATA_DIR, STATIC_ROOT, MEDIA_ROOT, STATE_DIR / "tmp"):
+    for path in STATE_DIRS:
         path.mkdir(parents=True, exist_ok=True)
 
 
@@ -112,7 +124,10 @@ except EnvValidationError as error:
         sys.exit(f"error: {message}")
     raise ImproperlyConfigured(message) from None
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:] == ["--make-dirs"]:
+    # `python -m <package>.settings --make-dirs`: bin/serve and bin/deploy create STATE_DIRS.
+    make_state_dirs()
+elif __name__ == "__main__":
     # `python -m <package>.settings KEY...` checks the settings and prints values for shell scripts;
     # secrets are never printed (they would end up in terminals, CI logs and shell history).
     secrets = [key for key in sys.argv[1:] if key.endswith(("_KEY", "_URL", "_DSN", "_PASSWORD", "_TOKEN"))]
