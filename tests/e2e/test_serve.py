@@ -60,8 +60,12 @@ def uwsgi_get(socket_path, path):
         client.settimeout(30)
         client.connect(str(socket_path))
         client.sendall(struct.pack("<BHB", 0, len(body), 0) + body)
-        chunks = iter(lambda: client.recv(65536), b"")
-        head, _, content = b"".join(chunks).partition(b"\r\n\r\n")
+        answer = b"".join(iter(lambda: client.recv(65536), b""))
+    # An accepted connection closed without an answer is the failure a reload must never cause:
+    # raise it as one (an OSError, as a refused connection is), not as a parsing error.
+    if not answer.startswith(b"HTTP/") or b"\r\n\r\n" not in answer:
+        raise ConnectionResetError(f"uWSGI answered {path} with {answer[:80]!r}, not an HTTP response")
+    head, _, content = answer.partition(b"\r\n\r\n")
     status, *header_lines = head.decode().split("\r\n")
     headers = dict(line.split(": ", 1) for line in header_lines)
     return int(status.split()[1]), headers, content
