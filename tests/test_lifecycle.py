@@ -100,6 +100,17 @@ def cruft(*args, cwd, env, check=True):
     return run(TOOLS_BIN / "cruft", *args, cwd=cwd, env=env, check=check)
 
 
+def update_exited_1(result):
+    """`make update` failed because bin/update exited 1: make itself exits 2 on a failed recipe
+    and names the recipe's status on its last line."""
+    last = result.stderr.rstrip().splitlines()[-1:]
+    return (
+        result.returncode == 2
+        and bool(last)
+        and re.fullmatch(r"make: \*\*\* \[\S+: update\] Error 1", last[0])
+    )
+
+
 @pytest.mark.parametrize(
     "answers",
     [{}, {"project_name": "Billing API", "use_celery": False, "http_port": "9000"}],
@@ -213,7 +224,7 @@ def test_make_update_refuses_a_dirty_tree_in_one_line(cruft_service, user_env):
     require("make")
     (service / "README.md").write_text("local notes\n")
     result = run("make", "--no-print-directory", "update", cwd=service, env=user_env, check=False)
-    assert result.returncode != 0
+    assert update_exited_1(result), (result.returncode, result.stderr)
     assert result.stderr.splitlines()[0] == (
         "error: the working tree has uncommitted changes: commit them, then run `make update`"
     )
@@ -499,7 +510,7 @@ def template_branch(template, name, path, old, new):
 
 
 def test_a_conflicting_template_change_fails_the_update_and_names_the_file(lifecycle, tmp_path):
-    """cruft exits 0 on a conflict; `make update` exits 1 and lists the file to resolve."""
+    """cruft exits 0 on a conflict; `make update` fails (bin/update's exit 1) and lists the file."""
     service = copy_of(lifecycle["service"], tmp_path)
     nginx = "deploy/nginx.conf"
     template_branch(lifecycle["template"], "v3-uploads", nginx, "body_size 10m;", "body_size 50m;")
@@ -512,7 +523,7 @@ def test_a_conflicting_template_change_fails_the_update_and_names_the_file(lifec
         env=lifecycle["env"],
         check=False,
     )
-    assert result.returncode != 0, result.stdout + result.stderr
+    assert update_exited_1(result), (result.returncode, result.stdout + result.stderr)
     assert "error: the update left conflicts" in result.stderr
     assert "  deploy/nginx.conf: conflict markers" in result.stderr.splitlines(), result.stderr
     assert "<<<<<<< " in (service / nginx).read_text()
@@ -539,6 +550,6 @@ def test_changes_that_do_not_apply_leave_rej_files_that_are_listed(lifecycle, tm
         env=lifecycle["env"],
         check=False,
     )
-    assert result.returncode != 0, result.stdout + result.stderr
+    assert update_exited_1(result), (result.returncode, result.stdout + result.stderr)
     assert "  .env.example: rejected changes in .env.example.rej" in result.stderr.splitlines()
     assert "?? .env.example.rej" in git(service, "status", "--porcelain").splitlines()
