@@ -29,7 +29,7 @@ def slow() -> str:
     marks = settings.STATE_DIR / "tmp" / "slow.log"
     lines = [line.split() for line in marks.read_text().splitlines()] if marks.exists() else []
     ended = {line[1] for line in lines if line[0] == "end"}
-    unended = {line[1] for line in lines if line[0] == "start"} - ended
+    unended = {line[1] for line in lines if line[0] == "start"} - ended - {str(os.getpid())}
     running = []
     for pid in unended:
         try:
