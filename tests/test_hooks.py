@@ -5,7 +5,7 @@ import os
 import stat
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_cookiecutter
 from cookiecutter.environment import StrictEnvironment
 from cookiecutter.generate import generate_context
 from cookiecutter.prompt import prompt_for_config
@@ -52,17 +52,47 @@ def test_non_boolean_flags_are_refused(tmp_path, value):
     ]
 
 
-@pytest.mark.parametrize("option", ["use_celery", "use_sentry"])
-def test_prune_table_deletes_an_options_files_only_when_it_is_off(tmp_path, option):
+# Every value of each option the prune table names (cookiecutter.json and the pre-gen checks).
+OPTION_VALUES = {
+    "use_celery": [True, False],
+    "use_sentry": [True, False],
+    "process_manager": ["systemd", "emperor"],
+}
+
+
+def baked_files(tmp_path, option, value):
+    """The files of a real bake (cookiecutter's CLI, hooks included) with option=value, relative paths."""
+    answer = str(value).lower() if isinstance(value, bool) else value
+    result = run_cookiecutter(tmp_path / f"{option}={answer}", f"{option}={answer}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    project = tmp_path / f"{option}={answer}" / "my_service"
+    return {str(path.relative_to(project)) for path in project.rglob("*") if path.is_file()}
+
+
+def expand(paths, files):
+    """The prune table's paths as files: a directory stands for every file below it."""
+    return {file for file in files if any(file == path or file.startswith(path + "/") for path in paths)}
+
+
+@pytest.mark.parametrize("option", list(OPTION_VALUES))
+def test_an_options_value_removes_exactly_the_files_its_prune_table_names(tmp_path, option):
+    """Baked with each value of the option, the files of the prune table's entry for that value are
+    absent, those of the other values' entries present, and no other file differs between values."""
     hook = render_hook("post_gen_project", tmp_path)
-    for value in (True, False):
-        root = tmp_path / f"project-{value}"
-        for path in hook.PRUNE[option][False]:
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            (root / path).write_text("")
-        hook.prune({**hook.ANSWERS, option: value}, root)
-        for path in hook.PRUNE[option][False]:
-            assert (root / path).exists() == value
+    assert set(hook.PRUNE) == set(OPTION_VALUES)
+    assert set(hook.PRUNE[option]) <= set(OPTION_VALUES[option])
+    bakes = {value: baked_files(tmp_path, option, value) for value in OPTION_VALUES[option]}
+    everything = set().union(*bakes.values())
+    for value, files in bakes.items():
+        for other, paths in hook.PRUNE[option].items():
+            listed = expand(paths, everything)
+            assert len(listed) >= len(paths), f"{option}: {paths} name files no bake has"
+            if other == value:
+                assert not listed & files, f"{option}={value} keeps {sorted(listed & files)}"
+            else:
+                assert listed <= files, f"{option}={value} lacks {sorted(listed - files)}"
+        pruned = expand(hook.PRUNE[option].get(value, []), everything)
+        assert everything - files == pruned, f"{option}={value}: missing beyond the table"
 
 
 def test_env_file_gets_a_fresh_long_secret_and_mode_600(tmp_path):

@@ -16,16 +16,30 @@ from test_serve import log_tail, make
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
-# A user's job that runs longer than the gap between a start and a reload, marking both ends.
+# A user's job that runs longer than the gap between a start and a reload, marking both ends. Its
+# start mark names the other copies running at that moment (started, not ended, process alive), so
+# an overlap shows even when the overlapping copy is killed before its end mark.
 SLOW_JOB = """
 
 def slow() -> str:
-    \"\"\"Every minute; 30 s long. Leaves `start <pid> <time>` and `end <pid> <time>` marks.\"\"\"
+    \"\"\"Every minute; 30 s long. Marks `start <pid> <time> <running copies' pids, or ->`, then
+    `end <pid> <time>`.\"\"\"
     import os
 
     marks = settings.STATE_DIR / "tmp" / "slow.log"
+    lines = [line.split() for line in marks.read_text().splitlines()] if marks.exists() else []
+    ended = {line[1] for line in lines if line[0] == "end"}
+    unended = {line[1] for line in lines if line[0] == "start"} - ended - {str(os.getpid())}
+    running = []
+    for pid in unended:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"jobs\\x00slow" in cmdline.read():
+                    running.append(pid)
+        except OSError:
+            pass
     with open(marks, "a") as log:
-        log.write(f"start {os.getpid()} {time.time()}\\n")
+        log.write(f"start {os.getpid()} {time.time()} {','.join(running) or '-'}\\n")
     time.sleep(30)
     with open(marks, "a") as log:
         log.write(f"end {os.getpid()} {time.time()}\\n")
@@ -43,14 +57,24 @@ SLOW_CRON = (
 def runs(marks):
     """[(start, end)] of every finished run, in start order."""
     starts, ends = {}, {}
-    for kind, pid, at in (line.split() for line in marks.read_text().splitlines()):
+    for kind, pid, at, *_ in (line.split() for line in marks.read_text().splitlines()):
         (starts if kind == "start" else ends)[pid] = float(at)
     return sorted((starts[pid], ends[pid]) for pid in starts if pid in ends)
 
 
+def started_while_another_ran(marks):
+    """The start marks written while another copy was running, finished or not."""
+    return [
+        line
+        for line in marks.read_text().splitlines()
+        if line.startswith("start ") and line.split()[3] != "-"
+    ]
+
+
 def test_a_full_reload_never_starts_a_second_copy_of_a_running_job(tmp_path, wheelhouse):
     """A reload while a job runs fires it again; the second copy skips, and the job runs again
-    at the next minute: runs never overlap and none is skipped for long."""
+    at the next minute: no copy starts while another runs (killed copies included), and none is
+    skipped for long."""
     require("nginx")
     require("make")
     project = bake(tmp_path, http_port=free_port(), use_celery="false", use_sentry="false")
@@ -78,6 +102,7 @@ def test_a_full_reload_never_starts_a_second_copy_of_a_running_job(tmp_path, whe
     finally:
         stopped = make(project, "stop", timeout=120)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert started_while_another_ran(marks) == [], marks.read_text()
     finished = runs(marks)
     for (_, end), (start, _) in itertools.pairwise(finished):
         assert start >= end, f"two copies overlapped: {finished}"

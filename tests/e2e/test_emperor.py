@@ -13,12 +13,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import CACHE, CI, ROOT, TOOLS_BIN, run_cookiecutter, wait_for
+from conftest import CACHE, CI, ROOT, TOOLS_BIN, free_port, require, run_cookiecutter, wait_for
+from load import Load
 from test_serve import uwsgi_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
@@ -99,10 +98,28 @@ def start_emperor(layout):
 
 
 def health(layout):
+    """/health's status straight from the vassal's socket, None while nothing answers there."""
     try:
         return uwsgi_get(layout["shared"] / "run" / "uwsgi.sock", "/health")[0]
     except OSError:
         return None
+
+
+def start_nginx(layout):
+    """nginx in front of the vassal's socket, configured by `bin/serve --nginx-config` as `make
+    serve` does; returns (port, pid of its master, which leads its workers' process group)."""
+    port = free_port()
+    config = layout["shared"] / "nginx-conf"
+    env = {
+        **os.environ,
+        "CODE_DIR": str(layout["code"]),
+        "STATE_DIR": str(layout["shared"]),
+        "HTTP_PORT": str(port),
+    }
+    subprocess.run([layout["code"] / "bin/serve", "--nginx-config", config], env=env, check=True)
+    subprocess.run(["nginx", "-p", f"{config}/", "-c", "nginx.conf", "-e", "stderr"], check=True)
+    pid = wait_for(lambda: pid_file(layout, "nginx.pid"), 10, "nginx's pid file")
+    return port, pid
 
 
 def pid_file(layout, name):
@@ -136,8 +153,9 @@ def owner(pid):
 
 
 def test_vassal_starts_reloads_by_touch_and_stops_by_removal(layout):
-    """The Emperor starts the linked vassal as its owner, a touch reloads it while it keeps
-    answering, and removing the link stops the service and everything it started."""
+    """The Emperor starts the linked vassal as its owner, a touch reloads it while every request
+    through nginx is answered, and removing the link stops the service and everything it started."""
+    require("nginx")
     emperor, log = start_emperor(layout)
     vassal = layout["srv"] / "vassals" / "my_service.ini"
     groups = [emperor.pid]
@@ -150,26 +168,19 @@ def test_vassal_starts_reloads_by_touch_and_stops_by_removal(layout):
         service_uid = int(run(["id", "-u", SERVICE_USER]).stdout)
         assert owner(master) == owner(celery) == service_uid, "the vassal runs as its ini's owner, not root"
         workers = children(master) - {celery}
-
-        answers, stop = [], threading.Event()
-
-        def poll():
-            while not stop.is_set():
-                answers.append(health(layout))
-                time.sleep(0.02)
-
-        poller = threading.Thread(target=poll)
-        poller.start()
-        try:
+        port, nginx = start_nginx(layout)
+        groups.append(nginx)
+        # Pages and /health through nginx: a connection the vassal drops is a 502 there, and any
+        # exception in a client is a failed request too (tests/e2e/load.py).
+        with Load(port, threads=10, max_seconds=180, requests=(("GET", "/"), ("GET", "/health"))) as load:
+            wait_for(lambda: load.ok > 100, 30, "100 requests before the touch")
             os.utime(vassal, follow_symlinks=False)
             wait_for(lambda: children(master) and not children(master) & workers, 60, "new web workers")
             wait_for(lambda: health(layout) == 200, 30, "the reloaded vassal answers")
-            time.sleep(1)
-        finally:
-            stop.set()
-            poller.join()
+            reloaded_at = load.ok
+            wait_for(lambda: load.ok > reloaded_at + 100, 30, "100 requests after the reload")
         assert alive(master), "a touch reloads the vassal in place"
-        assert len(answers) > 20 and all(status == 200 for status in answers), answers
+        assert load.ok > 200 and not load.failures, f"{load.failures[:20]} ({load.ok} ok)"
         # A touch is a full reload: Celery is restarted too.
         wait_for(lambda: pid_file(layout, "celery.pid") not in (None, celery), 60, "a new Celery worker")
         celery = pid_file(layout, "celery.pid")

@@ -15,9 +15,10 @@ import ssl
 import stat
 import subprocess
 import time
+import uuid
 
 import pytest
-from conftest import bake, free_port, require, run_cookiecutter
+from conftest import bake, free_port, require, run_cookiecutter, wait_for
 from test_serve import serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
@@ -30,17 +31,42 @@ SECURITY_HEADERS = {
 
 
 # A page of the user's that sets its own policy: nginx's default must step aside, not add a second.
-OWN_CSP_VIEW = """
+# Then pages that answer every other status an app produces: a redirect, an error, a dead worker.
+USER_VIEWS = """
 
 @pages.route("/own-csp")
 def own_csp():
     return "strict page", 200, {"Content-Security-Policy": "default-src 'none'"}
+
+
+@pages.route("/moved")
+def moved():
+    from flask import redirect
+
+    return redirect("/", 302)
+
+
+@pages.route("/broken")
+def broken():
+    raise RuntimeError("a bug in a view")
+
+
+@pages.route("/worker-dies")
+def worker_dies():
+    import os
+
+    os._exit(1)
 """
+# Leftovers (names and nginx paths) that exist on disk wherever nginx could find a file: the code
+# directory, nginx's default root (<prefix>/html: the server has no root of its own), shared/static
+# and shared/media. Only nginx's refusal keeps them from being served.
+LEFTOVERS = (".env", ".git/config", ".git/HEAD", ".htaccess", "index.html~", "settings.py.bak")
+LEFTOVERS += ("site.css~", "site.css.bak", "site.CSS.BAK", "old.orig", "x.swp")
 
 
-def raw_request(port, path, method="GET", headers=None, body=b""):
+def raw_request(port, path, method="GET", headers=None, body=b"", host="localhost"):
     """(status, headers as a list of pairs, body) for one request sent byte for byte."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
     head += "".join(f"{key}: {value}\r\n" for key, value in (headers or {}).items())
     with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
         client.sendall(head.encode() + b"\r\n" + body)
@@ -66,13 +92,13 @@ def served(tmp_path_factory, wheelhouse):
     port = free_port()
     project = bake(tmp_path_factory.mktemp("hardening"), http_port=port)
     with open(project / "my_service/views.py", "a") as views:
-        views.write(OWN_CSP_VIEW)
+        views.write(USER_VIEWS)
     with serving(project):
-        # Leftovers that exist on disk under the served roots: they must still be refused.
-        for name in (".env", ".git/config", "site.css~", "site.css.bak", "site.CSS.BAK", "old.orig", "x.swp"):
-            for root in (project / "var/static", project / "var/media"):
-                (root / name).parent.mkdir(parents=True, exist_ok=True)
-                (root / name).write_text(SECRET_CONTENT)
+        for name in LEFTOVERS:
+            for root in (project, project / "var/nginx/html", project / "var/static", project / "var/media"):
+                if not (root / name).exists():
+                    (root / name).parent.mkdir(parents=True, exist_ok=True)
+                    (root / name).write_text(SECRET_CONTENT)
         (project / "var/static/visible.css").write_text("body{}")
         (project / "var/media/report.html").write_text("<script>alert(1)</script>")
         yield {"project": project, "port": port}
@@ -106,16 +132,28 @@ REFUSED_PATHS = [
 ]
 
 
+def reached_uwsgi(served, marker):
+    """Whether a request with `marker` in its query string reached uWSGI: a request sent after it,
+    which reaches the app, is waited for in uWSGI's log first (the log is written after answering)."""
+    log, after = served["project"] / "var/log/uwsgi.log", f"{marker}-after"
+    assert raw_request(served["port"], f"/health?probe={after}")[0] == 200
+    wait_for(lambda: after in log.read_text(), 10, "uWSGI logs a request")
+    return f"probe={marker} " in log.read_text()
+
+
 @pytest.mark.parametrize("path", REFUSED_PATHS)
-def test_dotfiles_backups_and_traversal_are_refused(served, path):
-    """Sent raw (no client-side normalisation): 404 or 400, never a file's content, headers still set."""
-    status, headers, body = raw_request(served["port"], path)
+def test_dotfiles_backups_and_traversal_are_refused_by_nginx_itself(served, path):
+    """Sent raw (no client-side normalisation), with the files on disk wherever nginx could find
+    them: nginx answers 404 or 400 itself (the app never sees the request), never a file's
+    content, with the security headers."""
+    marker = f"refused-{uuid.uuid4().hex}"
+    status, headers, body = raw_request(served["port"], f"{path}?probe={marker}")
     assert status in (400, 404), (path, status)
     assert SECRET_CONTENT not in body and "root:" not in body and "SECRET_KEY" not in body
     assert values(headers, "Server") == ["nginx"]
-    if status == 404:
-        for name, value in SECURITY_HEADERS.items():
-            assert values(headers, name) == [value], (path, name)
+    for name, value in SECURITY_HEADERS.items():
+        assert values(headers, name) == [value], (path, status, name)
+    assert not reached_uwsgi(served, marker), f"{path} was passed to the app, not refused by nginx"
 
 
 def test_every_location_sends_the_security_headers_once(served):
@@ -152,6 +190,36 @@ def test_every_location_sends_the_security_headers_once(served):
     assert (project / "var/static/visible.css").exists()
 
 
+# (what answers, request) -> the status it gets; 413 has a test of its own below. The site makes
+# no 403: try_files answers a directory with 404, and no location denies.
+EVERY_STATUS = {
+    ("app page", "/"): 200,
+    ("app redirect", "/moved"): 302,
+    ("nginx: a path above the root", "/static/../../etc/passwd"): 400,
+    ("nginx: a request without a path", ""): 400,
+    ("app: an unknown Host", "/", "attacker.example.net"): 400,
+    ("nginx: a directory of static files", "/static/build/"): 404,
+    ("nginx: a refused dotfile", "/.env"): 404,
+    ("nginx: a missing static file", "/static/missing.css"): 404,
+    ("app: no such page", "/no-such-page"): 404,
+    ("app: a method the page lacks", "/health", "localhost", "POST"): 405,
+    ("app: an exception in a view", "/broken"): 500,
+    ("nginx: the worker died mid-request", "/worker-dies"): 502,
+}
+
+
+@pytest.mark.parametrize("case", list(EVERY_STATUS), ids=[case[0] for case in EVERY_STATUS])
+def test_every_status_from_nginx_or_the_app_carries_the_security_headers_once(served, case):
+    """Success, redirect and error answers alike, whoever produced them, carry each security
+    header exactly once (`always`, and the add_header trap), and no nginx version."""
+    _, path, host, method = (*case, "localhost", "GET")[:4]
+    status, headers, body = raw_request(served["port"], path, method, host=host)
+    assert status == EVERY_STATUS[case], (case, status, body[:300])
+    for name, value in SECURITY_HEADERS.items():
+        assert values(headers, name) == [value], (case, status, name)
+    assert values(headers, "Server") == ["nginx"] and "nginx/" not in body
+
+
 def test_oversized_upload_is_refused_with_413_before_reaching_the_app(served):
     """A real 11 MiB POST: nginx answers 413 (limit 10 MiB); the app never sees the request."""
     port, log = served["port"], served["project"] / "var/log/uwsgi.log"
@@ -171,7 +239,8 @@ def test_oversized_upload_is_refused_with_413_before_reaching_the_app(served):
     status, headers, body = parse(answer)
     assert status == 413
     assert "413" in body and "nginx/" not in body, "no version on error pages"
-    assert values(headers, "X-Content-Type-Options") == ["nosniff"]
+    for name, value in SECURITY_HEADERS.items():
+        assert values(headers, name) == [value], name
     assert log.read_text().count("POST /upload") == before
     # A body under the limit goes through to the app (which has no /upload: 404 or 405 from Flask).
     small_status, _, _ = raw_request(port, "/upload", "POST", {"Content-Length": "1024"}, b"x" * 1024)
@@ -253,6 +322,10 @@ def test_tls_site_serves_https_with_hsts_and_redirects_plain_http(served, tmp_pa
     certificate = make_certificate(project / "var/tls")
     (project / "var/acme/.well-known/acme-challenge").mkdir(parents=True)
     (project / "var/acme/.well-known/acme-challenge/token-1").write_text("challenge-answer")
+    for name in LEFTOVERS:
+        for directory in ("var/acme", "var/acme/.well-known", "var/acme/.well-known/acme-challenge"):
+            (project / directory / name).parent.mkdir(parents=True, exist_ok=True)
+            (project / directory / name).write_text(SECRET_CONTENT)
     # Release files from the use_tls bake; state (socket, certificates) from the running service.
     site = (tls_project / "deploy/nginx.conf").read_text()
     site = site.replace("/srv/my_service/current", str(tls_project)).replace(
@@ -295,6 +368,11 @@ def test_tls_site_serves_https_with_hsts_and_redirects_plain_http(served, tmp_pa
         assert values(headers, "Strict-Transport-Security") == []
         status, _, body = raw_request(http_port, "/.well-known/acme-challenge/token-1")
         assert (status, body) == (200, "challenge-answer")
+        # Leftovers in the ACME root (beside the challenges, and above them) are never served.
+        for name in LEFTOVERS:
+            for path in (f"/.well-known/acme-challenge/{name}", f"/.well-known/{name}", f"/{name}"):
+                status, _, body = raw_request(http_port, path)
+                assert status in (301, 400, 404) and SECRET_CONTENT not in body, (path, status)
     finally:
         if pid:
             os.kill(pid, 15)

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -60,8 +61,12 @@ def uwsgi_get(socket_path, path):
         client.settimeout(30)
         client.connect(str(socket_path))
         client.sendall(struct.pack("<BHB", 0, len(body), 0) + body)
-        chunks = iter(lambda: client.recv(65536), b"")
-        head, _, content = b"".join(chunks).partition(b"\r\n\r\n")
+        answer = b"".join(iter(lambda: client.recv(65536), b""))
+    # An accepted connection closed without an answer is the failure a reload must never cause:
+    # raise it as one (an OSError, as a refused connection is), not as a parsing error.
+    if not answer.startswith(b"HTTP/") or b"\r\n\r\n" not in answer:
+        raise ConnectionResetError(f"uWSGI answered {path} with {answer[:80]!r}, not an HTTP response")
+    head, _, content = answer.partition(b"\r\n\r\n")
     status, *header_lines = head.decode().split("\r\n")
     headers = dict(line.split(": ", 1) for line in header_lines)
     return int(status.split()[1]), headers, content
@@ -277,13 +282,15 @@ def test_cron_job_ran_under_uwsgi(service):
 def test_make_stop_leaves_no_process_and_lets_a_running_task_finish(service):
     """Runs last in the module: `make stop` waits for a running task, then no process is left."""
     project = service["project"]
-    task_id = None
-    if service.get("use_celery") != "false":
+    celery = service.get("use_celery") != "false"
+    if celery:
         sent = send_task(project, "import time\nresult = slow.delay(3)\ntime.sleep(1)\nprint(result.id)")
+        assert sent.returncode == 0, sent.stderr[-2000:]
         task_id = sent.stdout.strip()
+        assert re.fullmatch(r"[0-9a-f-]{36}", task_id), f"a task id, not {sent.stdout!r}"
     result = make(project, "stop", timeout=90)
     assert result.returncode == 0, result.stderr
-    if task_id:
+    if celery:
         # The worker is gone; the result backend (SQLite) still tells what happened to the task.
         state = send_task(project, f"r = celery.AsyncResult({task_id!r})\nprint(r.state, r.result)")
         assert state.stdout.split() == ["SUCCESS", "3"], state.stderr[-2000:]
