@@ -23,14 +23,25 @@ OPTIONS = {"target_metadata": Base.metadata, "render_as_batch": True}
 
 
 def run_migrations_offline() -> None:
-    """`alembic upgrade --sql`: print the SQL instead of running it."""
-    context.configure(url=db.sqlalchemy_url(settings.DATABASE_URL), literal_binds=True, **OPTIONS)
+    """`alembic upgrade --sql`: print the SQL instead of running it (for bin/migrate's check: the
+    SQL PostgreSQL would run, whatever DATABASE_URL is)."""
+    url = context.config.attributes.get("sql_url") or db.sqlalchemy_url(settings.DATABASE_URL)
+    context.configure(url=url, literal_binds=True, **OPTIONS)
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_migrations_online() -> None:
-    """Run the migrations on one connection, closed when they end (no pool left behind)."""
+    """Run the migrations on one connection, closed when they end (no pool left behind).
+
+    bin/migrate passes its own connection, which holds the migrators' lock and its timeouts, inside
+    a transaction of its own: every pending migration then commits or rolls back as one.
+    """
+    if connection := context.config.attributes.get("connection"):
+        context.configure(connection=connection, **OPTIONS)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
     engine = create_engine(db.sqlalchemy_url(settings.DATABASE_URL), poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:
