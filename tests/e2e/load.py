@@ -6,14 +6,15 @@ client catches everything, records it, and goes on with a fresh connection until
 """
 
 import http.client
+import json
 import threading
 import time
 
 
 class Load:
-    """`threads` keep-alive clients loop `requests` ((method, path) pairs, in turn) against
-    127.0.0.1:port until stopped or max_seconds passed; any answer but 200 or any exception is a
-    failure, recorded with what it was."""
+    """`threads` keep-alive clients loop `requests` ((method, path) or (method, path, JSON body), in
+    turn) against 127.0.0.1:port until stopped or max_seconds passed; any answer but 200 (201 for a
+    POST) or any exception is a failure, recorded with what it was."""
 
     def __init__(self, port, threads=50, max_seconds=300, requests=(("GET", "/"),), host="127.0.0.1"):
         self.host, self.port, self.requests = host, port, requests
@@ -28,19 +29,21 @@ class Load:
     def client(self):
         connection, sent = self.connect(), 0
         while self.running and time.monotonic() < self.deadline:
-            method, path = self.requests[sent % len(self.requests)]
+            method, path, *body = self.requests[sent % len(self.requests)]
             sent += 1
+            expected = 201 if method == "POST" else 200
             try:
-                connection.request(method, path, body=b"" if method == "POST" else None)
+                payload = json.dumps(body[0] if body else {}).encode() if method == "POST" else None
+                connection.request(method, path, body=payload, headers={"Content-Type": "application/json"})
                 response = connection.getresponse()
                 response.read()
-                outcome = response.status
+                outcome = response.status if response.status != expected else "ok"
             except Exception as error:  # every exception is a failed request
                 outcome = f"{method} {path}: {error!r}"
                 connection.close()
                 connection = self.connect()
             with self.lock:
-                if outcome == 200:
+                if outcome == "ok":
                     self.ok += 1
                 else:
                     self.failures.append(outcome)

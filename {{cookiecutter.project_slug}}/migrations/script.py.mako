@@ -14,6 +14,10 @@ revision: str = ${repr(up_revision)}
 down_revision: str | Sequence[str] | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+# True when the release still serving cannot live with this migration (it drops, renames or narrows
+# something that release uses): bin/deploy then runs it after the switch, once no worker runs that
+# release. bin/deploy refuses such a migration before the switch (README.md, "Migrations").
+AFTER_SWITCH = False
 
 
 def upgrade() -> None:
