@@ -1,8 +1,8 @@
 """${message}
 
-Runs before the switch. Replace this paragraph: say when the migration runs (before or after the
-switch) and why the release still serving survives it (README.md, "Migrations"). One change per
-migration.
+Runs before the switch. Replace this paragraph: say when the migration runs (before or after
+the switch) and why the release still serving survives it (README.md, "Migrations in a deploy").
+One change per migration.
 """
 
 from collections.abc import Sequence
@@ -16,7 +16,7 @@ branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
 # True when the release still serving cannot live with this migration (it drops, renames or narrows
 # something that release uses): bin/deploy then runs it after the switch, once no worker runs that
-# release. bin/deploy refuses such a migration before the switch (README.md, "Migrations").
+# release. bin/deploy refuses such a migration before the switch (README.md, "Migrations in a deploy").
 AFTER_SWITCH = False
 
 
