@@ -12,10 +12,14 @@ from test_serve import get, make, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
-VARIANTS = [{}, {"cheap_mode": "true"}]
+DEFAULT, CHEAP = {}, {"cheap_mode": "true"}
+# Cheap mode (workers start on demand, go back to none when idle) is checked where it differs: which
+# workers a reload must wait for. The drop and the load tests need no second service.
+BOTH = pytest.mark.parametrize("served", [DEFAULT, CHEAP], indirect=True, ids=["default", "cheap_mode"])
+ONE = pytest.mark.parametrize("served", [DEFAULT], indirect=True, ids=["default"])
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=lambda answers: "-".join(answers.values()) or "default")
+@pytest.fixture(scope="module")
 def served(request, tmp_path_factory, wheelhouse):
     """A baked service under `make serve` (uWSGI, Celery, nginx), stopped after the module."""
     require("nginx")
@@ -57,6 +61,7 @@ def cwd(pid):
         return None
 
 
+@BOTH
 def test_make_reload_returns_once_every_worker_serves_the_new_code(served):
     """Right after `make reload` returns, 40 of 40 requests get the new page and the Celery worker
     that ran before has been replaced by one running in the code directory."""
@@ -71,6 +76,7 @@ def test_make_reload_returns_once_every_worker_serves_the_new_code(served):
     assert cwd(after) == project
 
 
+@ONE
 def test_make_reload_exits_1_when_uwsgi_drops_it_during_a_running_chain_reload(served):
     """A trigger that reaches uWSGI while a chain reload runs is ignored by uWSGI; `make reload`
     says so and exits 1 instead of reporting a reload that never happened."""
@@ -90,6 +96,7 @@ def test_make_reload_exits_1_when_uwsgi_drops_it_during_a_running_chain_reload(s
     assert pages_with(port, "after-drop") == 40
 
 
+@ONE
 def test_back_to_back_reloads_under_load_fail_no_request_and_each_serves_its_code(served):
     """Under 20 connections, three edits each followed at once by `make reload`: right after each,
     every request gets that edit, and not one request fails meanwhile."""
