@@ -32,7 +32,7 @@ BAD_SETTINGS = [
     ("DATABASE_URL", "mysql://admin:db-pass-Zr81@db.internal/app", True),
     ("DATABASE_URL", "no url at all", True),
     ("CACHE_URL", "memcached://cache:cache-pass-Mc31@cache.internal:11211", True),
-    ("CACHE_KEY_PREFIX", "", False),
+    ("CACHE_PREFIX", "", False),
     ("CELERY_BROKER_URL", "kafka://worker:broker-pass-Kd02@mq.internal:9092", True),
     ("CELERY_RESULT_BACKEND", "mongodb://results:result-pass-Pw55@db.internal/results", True),
     ("CELERY_TASK_TIME_LIMIT", "0", False),

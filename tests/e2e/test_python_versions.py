@@ -58,7 +58,7 @@ def test_make_serve_writes_reads_and_runs_a_task_on_each_python(tmp_path, wheelh
         with open(project / ".env", "a") as env_file:
             env_file.write(
                 f"DATABASE_URL={SERVER.rsplit('/', 1)[0]}/{name}\n"
-                f"CACHE_URL=redis://127.0.0.1:6379/0\nCACHE_KEY_PREFIX={name}:\n"
+                f"CACHE_URL=redis://127.0.0.1:6379/0\nCACHE_PREFIX={name}:\n"
             )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -20,14 +20,14 @@ assert response.status_code == 201, response.text
 
 def post_from_another_process(cache_url, key_prefix):
     env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "CACHE_URL": cache_url}
-    env["CACHE_KEY_PREFIX"] = key_prefix
+    env["CACHE_PREFIX"] = key_prefix
     command = [sys.executable, "-c", POST_FROM_ANOTHER_PROCESS]
     subprocess.run(command, cwd=settings.BASE_DIR, env=env, check=True, timeout=60)
 
 
 def app_with_cache(monkeypatch, url, key_prefix="test:"):
     monkeypatch.setattr(settings, "CACHE_URL", url)
-    monkeypatch.setattr(settings, "CACHE_KEY_PREFIX", key_prefix)
+    monkeypatch.setattr(settings, "CACHE_PREFIX", key_prefix)
     return create_app()
 
 

@@ -24,7 +24,7 @@ def config() -> dict:
         "CACHE_TYPE": "RedisCache",
         "CACHE_REDIS_URL": settings.CACHE_URL,
         # Keys of this service only, so that services (and the Celery broker) can share one Redis.
-        "CACHE_KEY_PREFIX": settings.CACHE_KEY_PREFIX,
+        "CACHE_KEY_PREFIX": settings.CACHE_PREFIX,
         "CACHE_OPTIONS": REDIS_OPTIONS,
     }
 

@@ -82,8 +82,8 @@ DATABASE_URL = env.str(
 # memory:// keeps a cache in each worker process; redis://… one shared by every worker and host.
 CACHE_URL = env.str("CACHE_URL", "memory://", validate=_url_scheme("memory", "redis", "rediss"))
 # Prefix of this service's keys in a shared Redis: services (or staging and production) on one
-# Redis each need their own.
-CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", "{{ cookiecutter.project_slug }}:", validate=Length(min=1))
+# Redis each need their own. (Not *_KEY_*: observability.py would take it for a secret.)
+CACHE_PREFIX = env.str("CACHE_PREFIX", "{{ cookiecutter.project_slug }}:", validate=Length(min=1))
 {%- if cookiecutter.use_celery %}
 CELERY_BROKER_URL = env.str(
     "CELERY_BROKER_URL",

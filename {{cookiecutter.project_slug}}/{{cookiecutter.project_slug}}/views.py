@@ -95,7 +95,7 @@ def health():
         # A Redis cache is a dependency; the in-process one cannot be down.
         "cache": _check("cache", cache.ping) if cache.is_server() else "in-process",
     }
-    healthy = not any(state.startswith("error") for state in checks.values())
+    healthy = all(not state.startswith("error") for state in checks.values())
     body = {"status": "ok" if healthy else "error", "release": settings.RELEASE, **checks}
     return jsonify(body), 200 if healthy else 503
 
