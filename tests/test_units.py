@@ -1,9 +1,12 @@
-"""The systemd units read as systemd reads them: `systemd-analyze verify` against the server layout.
+"""The systemd units read as systemd reads them: `systemd-analyze verify` against the server layout,
+and `systemd-analyze security --offline=true` for how much of the system each unit can reach.
 
 No systemd runs here, but its own checker parses each unit, knows every directive and checks that
 each command it names exists and is executable, through the `current` symlink of a real layout.
+That the service works inside its sandbox is shown on a booted host (tests/test_server_unit.py).
 """
 
+import re
 import subprocess
 
 import pytest
@@ -36,3 +39,19 @@ def test_emperor_unit_passes_systemd_analyze_verify_but_for_the_emperor_binary(t
     complaints = [line for line in result.stderr.splitlines() if line.strip()]
     missing = "Command /opt/uwsgi-emperor/bin/uwsgi is not executable: No such file or directory"
     assert complaints == [f"uwsgi-emperor.service: {missing}"], result.stderr
+
+
+def exposure(unit):
+    """The overall exposure `systemd-analyze security --offline=true` gives a unit file (0 to 10)."""
+    command = [require("systemd-analyze"), "security", "--offline=true", "--no-pager", unit.name]
+    result = subprocess.run(command, cwd=unit.parent, capture_output=True, text=True, check=False)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
+    assert found, result.stdout + result.stderr
+    return float(found.group(1))
+
+
+def test_service_unit_is_sandboxed_to_an_exposure_of_at_most_2_5(tmp_path):
+    """systemd rates the shipped unit "OK" (<= 2.5 of 10; it was 9.4 UNSAFE before the sandbox)."""
+    result = run_cookiecutter(tmp_path, "use_celery=true")
+    assert result.returncode == 0, result.stderr
+    assert exposure(tmp_path / "my_service" / "deploy" / "systemd" / "my_service.service") <= 2.5
