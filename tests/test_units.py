@@ -7,7 +7,10 @@ That the service works inside its sandbox is shown on a booted host (tests/test_
 """
 
 import re
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from conftest import bake, require, run_cookiecutter
@@ -20,15 +23,21 @@ def verify(unit):
     return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
-def test_service_unit_passes_systemd_analyze_verify(tmp_path, wheelhouse):
-    """Every directive is known and ExecStart/ExecReload exist through <deploy_root>/<slug>/current."""
-    server = tmp_path / "srv"
-    project = bake(tmp_path / "src", deploy_root=server)
-    (server / "my_service" / "shared").mkdir(parents=True)
-    (server / "my_service" / "current").symlink_to(project)
-    result = verify(project / "deploy" / "systemd" / "my_service.service")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stderr == "", result.stderr
+def test_service_and_socket_units_pass_systemd_analyze_verify(tmp_path, wheelhouse):
+    """Every directive is known, the socket path fits a unix socket address, and ExecStart,
+    ExecStartPost and ExecReload exist through <deploy_root>/<slug>/current."""
+    # A short deploy root: a unix socket's path has at most 107 bytes, pytest's tmp_path is long.
+    server = Path(tempfile.mkdtemp(prefix="units-", dir="/tmp"))
+    try:
+        project = bake(tmp_path / "src", deploy_root=server)
+        (server / "my_service" / "shared").mkdir(parents=True)
+        (server / "my_service" / "current").symlink_to(project)
+        for unit in ("my_service.service", "my_service.socket"):
+            result = verify(project / "deploy" / "systemd" / unit)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert result.stderr == "", result.stderr
+    finally:
+        shutil.rmtree(server)
 
 
 def test_emperor_unit_passes_systemd_analyze_verify_but_for_the_emperor_binary(tmp_path):
