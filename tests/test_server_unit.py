@@ -121,56 +121,58 @@ class Host:
         return self.sh(f"journalctl -u my_service --no-pager -o cat --since={since}")
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    """web1 of a fresh lab, serving a baked service installed by the README's steps."""
-    problems = [
-        f"{tool} not found" for tool in ("systemd-nspawn", "mmdebstrap", "rsync") if not shutil.which(tool)
-    ]
+def require_lab():
+    problems = [tool for tool in ("systemd-nspawn", "mmdebstrap", "rsync") if not shutil.which(tool)]
+    problems = [f"{tool} not found" for tool in problems]
     if os.geteuid() != 0:
         problems.append("the lab needs root")
     if not SYSTEM_PYTHON.exists():
         problems.append(f"{SYSTEM_PYTHON} (Debian 12's, as on the hosts) is missing")
     if problems:
         fail_or_skip("; ".join(problems) + " (apt-get install systemd-container mmdebstrap rsync python3)")
-    base = tmp_path_factory.mktemp("server-unit")
-    answers = ["deploy_root=/srv", "python_version=3.11", "use_celery=true"]
-    result = run_cookiecutter(base, *answers, env={**os.environ, "SKIP_VENV": "1"})
+
+
+def boot_and_install(base, install, *answers):
+    """Bake with answers, boot a lab host, copy release, wheels and .env, run install; (name, Host)."""
+    result = run_cookiecutter(
+        base, "deploy_root=/srv", "python_version=3.11", *answers, env={**os.environ, "SKIP_VENV": "1"}
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     project = base / "my_service"
     wheelhouse = host_wheelhouse(project)
     name = "u" + uuid.uuid4().hex[:5]
     env = {**os.environ, "SHIPSHAPE_LAB_PACKAGES": LAB_PACKAGES}
+    up = subprocess.run(
+        [LAB, "up", "1", "--name", name], capture_output=True, text=True, env=env, check=False
+    )
+    assert up.returncode == 0, up.stderr
+    web1 = Host(up.stdout)
+    env_file = project / ".env"
+    settings = [f"APP_ENV=production\nALLOWED_HOSTS={web1.address},example.com\nSTATE_DIR={ROOT_DIR}/shared"]
+    env_file.write_text(env_file.read_text() + "\n".join(settings) + "\n")
+    release = base / "release"
+    shutil.copytree(project, release, ignore=shutil.ignore_patterns(".env"))
+    (release / "REVISION").write_text("baked\n")
+    web1.copy(release, "/tmp/release")
+    web1.copy(wheelhouse, "/tmp/wheels")
+    web1.sh(f"cat > /tmp/env <<'EOF'\n{env_file.read_text()}EOF\n")
+    installed = web1.sh(install, timeout=300, check=False)
+    return name, web1, installed
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """web1 of a fresh lab, serving a baked service installed by the README's steps."""
+    require_lab()
+    name = None
     try:
-        up = subprocess.run(
-            [LAB, "up", "1", "--name", name],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-            check=False,
-        )
-        assert up.returncode == 0, up.stderr
-        web1 = Host(up.stdout)
-        env_file = project / ".env"
-        settings = [
-            "APP_ENV=production",
-            f"ALLOWED_HOSTS={web1.address},example.com",
-            f"STATE_DIR={ROOT_DIR}/shared",
-        ]
-        env_file.write_text(env_file.read_text() + "\n".join(settings) + "\n")
-        release = base / "release"
-        shutil.copytree(project, release, ignore=shutil.ignore_patterns(".env"))
-        (release / "REVISION").write_text("baked\n")
-        web1.copy(release, "/tmp/release")
-        web1.copy(wheelhouse, "/tmp/wheels")
-        web1.sh(f"cat > /tmp/env <<'EOF'\n{env_file.read_text()}EOF\n")
-        installed = web1.sh(INSTALL, timeout=300, check=False)
+        name, web1, installed = boot_and_install(tmp_path_factory.mktemp("server-unit"), INSTALL)
         journal = web1.sh("journalctl -u my_service --no-pager -o cat | tail -n 40", check=False)
         assert web1.sh("systemctl is-active my_service", check=False) == "active", installed + journal
         yield web1
     finally:
-        subprocess.run([LAB, "down", "--name", name], capture_output=True, timeout=300, check=False)
+        if name:
+            subprocess.run([LAB, "down", "--name", name], capture_output=True, timeout=300, check=False)
 
 
 def get(host, path="/"):
@@ -330,3 +332,51 @@ def test_a_killed_master_is_back_within_a_second(host):
     print(f"kill -9: {ok} ok, {len(failures)} failed: {sorted(set(map(str, failures)))[:5]}")
     assert master_pid(host) not in (0, before)
     assert ok > 100 and len(failures) <= KILL_FAILURES_MAX
+
+
+# The Emperor's README steps (process_manager=emperor): the shared part as above, then the Emperor.
+INSTALL_EMPEROR = (
+    INSTALL[: INSTALL.index(f"cp {ROOT_DIR}/current/deploy/systemd")]
+    + rf"""
+python3 -m venv /opt/uwsgi-emperor
+/opt/uwsgi-emperor/bin/pip install --quiet --no-index --find-links /tmp/wheels uwsgi
+install -d /etc/uwsgi-emperor/vassals
+cp {ROOT_DIR}/current/deploy/emperor/emperor.ini /etc/uwsgi-emperor/
+cp {ROOT_DIR}/current/deploy/systemd/uwsgi-emperor.service /etc/systemd/system/
+ln -s {ROOT_DIR}/current/deploy/emperor/my_service.ini /etc/uwsgi-emperor/vassals/
+chown -h my_service:www-data /etc/uwsgi-emperor/vassals/my_service.ini
+ln -s {ROOT_DIR}/current/deploy/nginx.conf /etc/nginx/sites-enabled/my_service
+rm /etc/nginx/sites-enabled/default
+nginx -t
+systemctl reload nginx
+systemctl daemon-reload
+systemctl enable --now uwsgi-emperor
+"""
+)
+
+
+def test_emperor_unit_runs_its_vassal_inside_its_sandbox(tmp_path):
+    """process_manager=emperor: the sandboxed Emperor starts the vassal as its link's owner; it serves,
+    Celery runs, and the vassal cannot write outside the deploy root."""
+    require_lab()
+    name = None
+    try:
+        name, web1, installed = boot_and_install(tmp_path, INSTALL_EMPEROR, "process_manager=emperor")
+        deadline = time.monotonic() + 90
+        while get(web1)[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        journal = web1.sh("journalctl -u uwsgi-emperor --no-pager -o cat | tail -n 40", check=False)
+        assert get(web1)[0] == 200, installed + journal
+        owners = web1.sh("ps -o user= -C uwsgi | sort | uniq -c")
+        assert "my_service" in owners and owners.count("root") == 1, owners
+        script = (
+            f"cd {RELEASE} && runuser -u my_service -g www-data -- .venv/bin/python -c "
+            "'from my_service.tasks import add; print(add.delay(2, 3).get(timeout=60, interval=0.1))'"
+        )
+        assert web1.sh(script, timeout=120).splitlines()[-1] == "5"
+        pid = web1.sh(f"cat {ROOT_DIR}/shared/run/uwsgi.pid")
+        result = web1.sh(f"nsenter --target {pid} --mount touch /etc/written 2>&1; echo rc=$?", check=False)
+        assert "Read-only file system" in result, result
+    finally:
+        if name:
+            subprocess.run([LAB, "down", "--name", name], capture_output=True, timeout=300, check=False)

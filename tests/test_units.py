@@ -64,3 +64,10 @@ def test_service_unit_is_sandboxed_to_an_exposure_of_at_most_2_5(tmp_path):
     result = run_cookiecutter(tmp_path, "use_celery=true")
     assert result.returncode == 0, result.stderr
     assert exposure(tmp_path / "my_service" / "deploy" / "systemd" / "my_service.service") <= 2.5
+
+
+def test_emperor_unit_is_sandboxed_as_far_as_tyrant_mode_allows(tmp_path):
+    """The Emperor keeps root, CAP_SETUID/SETGID/KILL and a writable deploy root, little else (was 9.8)."""
+    result = run_cookiecutter(tmp_path, "process_manager=emperor")
+    assert result.returncode == 0, result.stderr
+    assert exposure(tmp_path / "my_service" / "deploy" / "systemd" / "uwsgi-emperor.service") <= 2.5
