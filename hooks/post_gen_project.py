@@ -25,7 +25,11 @@ PRUNE = {
     "use_sentry": {False: ["tests/test_observability.py"]},
     "process_manager": {
         "systemd": ["deploy/emperor", "deploy/systemd/uwsgi-emperor.service"],
-        "emperor": [f"deploy/systemd/{SLUG}.service"],
+        "emperor": [
+            f"deploy/systemd/{SLUG}.service",
+            f"deploy/systemd/{SLUG}.socket",
+            "deploy/systemd/wait-for-workers",
+        ],
     },
 }
 

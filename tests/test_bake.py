@@ -94,6 +94,8 @@ def test_process_manager_decides_what_starts_uwsgi_on_servers(baked):
     emperor = answers.get("process_manager", "systemd") == "emperor"
     deploy = project / "deploy"
     assert (deploy / "systemd" / f"{project.name}.service").exists() == (not emperor)
+    assert (deploy / "systemd" / f"{project.name}.socket").exists() == (not emperor)
+    assert (deploy / "systemd" / "wait-for-workers").exists() == (not emperor)
     assert (deploy / "systemd" / "uwsgi-emperor.service").exists() == emperor
     assert (deploy / "emperor" / f"{project.name}.ini").exists() == emperor
     assert (deploy / "emperor" / "emperor.ini").exists() == emperor

@@ -296,8 +296,9 @@ def make_certificate(directory):
 
 def tls_harness(directory, site, http_port, https_port):
     """The use_tls site on loopback ports, wrapped as on a server (nginx.conf, temp paths)."""
+    site = "".join(line for line in site.splitlines(keepends=True) if "listen [::]" not in line)
     site = site.replace("listen 80;", f"listen 127.0.0.1:{http_port};")
-    site = site.replace("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;")
+    site = site.replace("listen 443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;")
     (directory / "site.conf").write_text(site)
     temp = "".join(
         f"{name}_temp_path {directory}/{name};\n"
@@ -311,6 +312,21 @@ def tls_harness(directory, site, http_port, https_port):
         f"events {{}}\nhttp {{\ninclude /etc/nginx/mime.types;\naccess_log off;\n"
         f"{temp}include {directory}/site.conf;\n}}\n"
     )
+
+
+def handshake(port, cafile, ciphers=None, alpn=None):
+    """A TLS 1.2 (with ciphers) or any-version handshake with localhost:port: (cipher, ALPN protocol)."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    if ciphers:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(ciphers)
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        return tls.cipher()[0], tls.selected_alpn_protocol()
 
 
 def test_tls_site_serves_https_with_hsts_and_redirects_plain_http(served, tmp_path):
@@ -361,6 +377,14 @@ def test_tls_site_serves_https_with_hsts_and_redirects_plain_http(served, tmp_pa
             "max-age=31536000; includeSubDomains"
         ]
         connection.close()
+        # Mozilla's intermediate profile: HTTP/2 by ALPN, TLS 1.2 only with forward-secret AEAD
+        # suites (nginx's default list accepted both of the refused ones below).
+        assert handshake(https_port, certificate, alpn=["h2", "http/1.1"])[1] == "h2"
+        good = "ECDHE-RSA-AES128-GCM-SHA256"
+        assert handshake(https_port, certificate, ciphers=good) == (good, None)
+        for outside in ("AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA"):
+            with pytest.raises(ssl.SSLError):
+                handshake(https_port, certificate, ciphers=outside)
         # Plain HTTP: a redirect to the same path over HTTPS, and ACME challenges for renewals.
         status, headers, _ = raw_request(http_port, "/health?x=1")
         assert status == 301
