@@ -33,10 +33,12 @@ bin/migrate: interpreter start, squawk and the lock included); `upgrade s` the p
 bin/migrate's first `==> upgrade` line (its DDL, lock waits and retries) to its exit; `exit` lists
 the command's exit codes (blocked: 1, bin/migrate gave up). A run
 meets the target with p99 during <= 2 x p99 base and no failed request; `meets` counts those runs.
-With few requests in a short `during` window, its p99 is close to its max. The machine is shared:
-loadavg per run is in the JSON; compare alternatives within one run. Every result names the commit
-it measured (bench/provenance.py): a tree with uncommitted changes is refused unless --allow-dirty,
-and then the results are marked DIRTY.
+With few requests in a short `during` window, its p99 is close to its max. The PNG plots the median
+run (by p99 during) of each alternative, per 100 ms of request starts; a gap means no request
+started: every client was waiting on one blocked behind the lock (each client's cycle has a POST).
+The machine is shared: loadavg per run is in the JSON; compare alternatives within one run. Every
+result names the commit it measured (bench/provenance.py): a tree with uncommitted changes is
+refused unless --allow-dirty, and then the results are marked DIRTY.
 
     .tools/bin/python bench/migrate.py [--runs N] [--baseline S] [--after S] [--allow-dirty]
     # writes bench/results/migrate.{json,md,png}
@@ -44,6 +46,7 @@ and then the results are marked DIRTY.
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import multiprocessing
@@ -56,6 +59,7 @@ import sys
 import tempfile
 import time
 import uuid
+from math import nan
 from pathlib import Path
 
 import provenance
@@ -68,6 +72,7 @@ CONNECTIONS = 12
 # s idle before a run; s of each run's load not counted; s of untimed load after seeding; request
 # timeout in s; the target's factor (p99 during <= FACTOR x p99 base)
 SETTLE, WARMUP, WARM_UP, TIMEOUT, FACTOR = 2.0, 1.0, 5.0, 30.0, 2.0
+TIMELINE_COLUMNS = ["t_since_migration_start_s", "requests", "failed", "median_s", "max_s", "max_of"]
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 FIRST = "af6f780d13df"  # the template's first revision: create notes
 BODY = b'{"text": "written under load"}'
@@ -290,8 +295,26 @@ def analyse(records, times, migration):
         "migration_s": end - start,
         **migration,
         "meets": meets,
-        "requests_timed": [[round(r[0] - start, 3), round(r[1], 4), r[2], failed(r[3])] for r in records],
+        "timeline": timeline(records, start),
     }
+
+
+def timeline(records, start):
+    """Per 100 ms of request starts (seconds since the migration's start): requests, failed, median and
+    max latency, and the request of that max."""
+    buckets = collections.defaultdict(list)
+    for s, lat, name, outcome in records:
+        buckets[round(s - start, 1)].append((lat, name, failed(outcome)))
+    return [
+        [
+            t,
+            len(b),
+            sum(f for *_, f in b),
+            round(statistics.median(lat for lat, *_ in b), 4),
+            *[round(x, 4) if isinstance(x, float) else x for x in max(b)[:2]],
+        ]
+        for t, b in sorted(buckets.items())
+    ]
 
 
 def median_of(runs, window, key):
@@ -342,7 +365,6 @@ def plot(raw, facts, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"GET /notes": "tab:blue", "POST /notes": "tab:red", "GET /": "tab:green"}
     fig, axes = plt.subplots(len(raw), 1, figsize=(11, 3 * len(raw) + 0.6), sharex=True, sharey=True)
     for ax, (alt, runs) in zip(axes, raw.items(), strict=True):
         r = sorted(runs, key=lambda r: r["windows"]["during"]["p99"] or 0)[len(runs) // 2]
@@ -350,13 +372,17 @@ def plot(raw, facts, path):
         if r["upgrade_from_s"] is not None:
             label = "bin/migrate's upgrade step"
             ax.axvline(r["upgrade_from_s"], color="tab:olive", ls="--", lw=1, label=label)
-        for name, color in colors.items():
-            points = [(t, lat) for t, lat, n, _ in r["requests_timed"] if n == name]
-            if points:
-                ax.scatter(*zip(*points, strict=True), s=2, color=color, alpha=0.5, label=name)
-        bad = [(t, lat) for t, lat, _, f in r["requests_timed"] if f]
+        # One point per 100 ms of request starts; NaN where none started (all clients waiting): a gap.
+        rows = {row[0]: row for row in r["timeline"]}
+        first, last = round(min(rows) * 10), round(max(rows) * 10)
+        grid = [rows.get(round(i / 10, 1), [i / 10, 0, 0, nan, nan, ""]) for i in range(first, last + 1)]
+        t, _, failures, p50, worst, _ = zip(*grid, strict=True)
+        label = "max latency of requests started in 100 ms"
+        ax.plot(t, worst, ".-", ms=2, lw=0.8, color="tab:red", label=label)
+        ax.plot(t, p50, ".-", ms=2, lw=0.8, color="tab:blue", label="median of the same")
+        bad = [(x, w) for x, f, w in zip(t, failures, worst, strict=True) if f]
         if bad:
-            ax.scatter(*zip(*bad, strict=True), marker="x", color="black", s=18, label="failed")
+            ax.scatter(*zip(*bad, strict=True), marker="x", color="black", s=18, label="failed requests")
         base = r["windows"]["base"]["p99"]
         if base:
             ax.axhline(FACTOR * base, color="tab:orange", ls="-.", lw=0.9, label="target: 2 x base p99")
@@ -371,7 +397,7 @@ def plot(raw, facts, path):
         )
         ax.grid(alpha=0.3, which="both")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=6, fontsize=8, frameon=False, markerscale=4)
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False)
     axes[-1].set_xlabel(f"seconds since the migration started (request start; {facts['load']})")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     provenance.mark_figure(fig, facts)
@@ -386,9 +412,9 @@ def write_results(facts, rows, raw, runs):
         "loadavg_end": os.getloadavg(),
         "runs": runs,
         "summary": rows,
-        "requests_timed_columns": ["t_since_migration_start_s", "latency_s", "request", "failed"],
+        "timeline_columns": TIMELINE_COLUMNS,
     }
-    (RESULTS / "migrate.json").write_text(json.dumps({**report, "raw": raw}) + "\n")
+    (RESULTS / "migrate.json").write_text(json.dumps({**report, "raw": raw}, indent=1) + "\n")
     plot(raw, facts, RESULTS / "migrate.png")
     text = (
         f"# A migration under load\n\n{facts['date']}, {provenance.describe(facts)}, {facts['nproc']} cores, "
