@@ -107,7 +107,7 @@ def update_exited_1(result):
     return (
         result.returncode == 2
         and bool(last)
-        and re.fullmatch(r"make: \*\*\* \[\S+: update\] Error 1", last[0])
+        and re.fullmatch(r"make(\[\d+\])?: \*\*\* \[\S+: update\] Error 1", last[0])
     )
 
 

@@ -123,8 +123,11 @@ def start_nginx(layout):
 
 
 def pid_file(layout, name):
-    path = layout["shared"] / "run" / name
-    return int(path.read_text()) if path.exists() else None
+    """The pid in a pid file; None while it is missing or still being written (empty)."""
+    try:
+        return int((layout["shared"] / "run" / name).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def alive(pid):
