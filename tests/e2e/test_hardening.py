@@ -134,9 +134,11 @@ REFUSED_PATHS = [
 
 def reached_uwsgi(served, marker):
     """Whether a request with `marker` in its query string reached uWSGI: a request sent after it,
-    which reaches the app, is waited for in uWSGI's log first (the log is written after answering)."""
+    which reaches the app, is waited for in uWSGI's log first (the log is written after answering).
+    uWSGI logs only 4xx, 5xx and slow requests, so both are pages the app does not have: a refused
+    path that got through would be the app's 404, and logged."""
     log, after = served["project"] / "var/log/uwsgi.log", f"{marker}-after"
-    assert raw_request(served["port"], f"/health?probe={after}")[0] == 200
+    assert raw_request(served["port"], f"/no-such-page?probe={after}")[0] == 404
     wait_for(lambda: after in log.read_text(), 10, "uWSGI logs a request")
     return f"probe={marker} " in log.read_text()
 
