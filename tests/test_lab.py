@@ -6,6 +6,7 @@ fixture runs `scripts/lab down` for it whatever happens. The root filesystems ar
 in seconds.
 """
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -13,6 +14,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 from conftest import CI, ROOT, free_port, wait_for
 
 LAB = ROOT / "scripts" / "lab"
+LAB_PYTHON_RUNS = Path(os.environ.get("SHIPSHAPE_LAB_STATE", "/var/tmp/shipshape-lab")) / ".python"
 STATE = Path(os.environ.get("SHIPSHAPE_LAB_STATE", "/var/tmp/shipshape-lab"))
 RELEASES = ["bookworm", "trixie"]
 FORWARDING_BEFORE = Path("/proc/sys/net/ipv4/ip_forward").read_text()
@@ -64,28 +67,38 @@ class Lab:
         self.groups, self.variables = parse_inventory(stdout)
         self.state = json.loads((STATE / name / "state.json").read_text())
 
-    def ssh(self, host, *command, check=True):
-        """Run command on host over ssh exactly as the inventory tells Ansible to connect."""
+    def ssh_command(self, host):
+        """ssh to host exactly as the inventory tells Ansible to connect (the command to follow)."""
         address = self.groups_by_host()[host]["ansible_host"]
+        return [
+            "ssh",
+            "-i",
+            self.variables["ansible_ssh_private_key_file"],
+            *shlex.split(self.variables["ansible_ssh_common_args"]),
+            "-o",
+            "BatchMode=yes",
+            f"{self.variables['ansible_user']}@{address}",
+        ]
+
+    def ssh(self, host, *command, check=True, timeout=60):
+        """Run command on host over ssh; its stdout."""
         result = subprocess.run(
-            [
-                "ssh",
-                "-i",
-                self.variables["ansible_ssh_private_key_file"],
-                *shlex.split(self.variables["ansible_ssh_common_args"]),
-                "-o",
-                "BatchMode=yes",
-                f"{self.variables['ansible_user']}@{address}",
-                shlex.join(command),
-            ],
+            [*self.ssh_command(host), shlex.join(command)],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
             check=False,
         )
         if check:
             assert result.returncode == 0, f"{host}: {command}: {result.stdout}{result.stderr}"
         return result.stdout.strip()
+
+    def put(self, host, source, target):
+        """Copy the file source to target on host."""
+        with open(source, "rb") as data:
+            subprocess.run(
+                [*self.ssh_command(host), f"cat > {shlex.quote(target)}"], stdin=data, check=True, timeout=60
+            )
 
     def groups_by_host(self):
         return {host: variables for group in self.groups.values() for host, variables in group.items()}
@@ -343,6 +356,31 @@ def test_a_cached_root_filesystem_is_reused_without_building():
     assert time.monotonic() - started < 10
 
 
+def test_a_cached_root_filesystem_is_picked_while_another_one_builds():
+    """A build holds the cache's build lock for minutes; picking a cached entry does not wait for it."""
+    lab("rootfs", "--release", "bookworm", name="lab")
+    cache = Path(os.environ.get("SHIPSHAPE_LAB_CACHE", Path.home() / ".cache" / "shipshape" / "lab"))
+    with open(cache / ".build.lock", "a") as build_lock:
+        fcntl.flock(build_lock, fcntl.LOCK_EX)
+        picked = lab("rootfs", "--release", "bookworm", name="lab", timeout=30)
+    assert Path(picked.stdout.strip(), "etc", "os-release").is_file()
+
+
+def test_only_root_filesystems_unused_for_two_weeks_are_pruned(tmp_path, monkeypatch):
+    """Other recipes of a release (other packages, another checkout's) stay while they are used; an
+    entry unused for PRUNE_AFTER_DAYS goes, with its pip cache; other files are left alone."""
+    monkeypatch.setenv("SHIPSHAPE_LAB_STATE", str(tmp_path / "state"))
+    module = lab_module()
+    old = time.time() - (module.PRUNE_AFTER_DAYS + 1) * 86400
+    names = ["bookworm-aaaaaaaaaaaa", "bookworm-bbbbbbbbbbbb", "build-trixie-cccccccccccc", "notes"]
+    for name in [*names, "pip-build-trixie-cccccccccccc"]:
+        (tmp_path / name).mkdir()
+    for name in ("bookworm-bbbbbbbbbbbb", "build-trixie-cccccccccccc", "notes"):
+        os.utime(tmp_path / name, (old, old))
+    module.prune_rootfs(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bookworm-aaaaaaaaaaaa", "notes"]
+
+
 def test_a_failed_build_leaves_no_root_filesystem_in_the_cache(tmp_path):
     """mmdebstrap failing (its mirrors refuse connections) exits 1 naming it; the cache holds nothing
     that a later `up` could take for a root filesystem."""
@@ -364,4 +402,244 @@ def test_a_failed_build_leaves_no_root_filesystem_in_the_cache(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "error: mmdebstrap failed" in result.stderr
     assert result.stdout == ""
-    assert sorted(path.name for path in tmp_path.iterdir()) == [".lock"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".build.lock", ".lock"]
+
+
+# --- lab python: the hosts' own Python, here, for building wheels ---------------------------------
+
+PYTHON_VERSIONS = {"bookworm": "3.11", "trixie": "3.13"}
+# What a trixie host needs beyond its packages to run a uWSGI wheel built by `lab python` (found
+# with ldd there: the rest, libpcre2, zlib, expat, libcrypt, every host has).
+TRIXIE_UWSGI_PACKAGES = "libpython3.13"
+UWSGI_VERSION = next(
+    line.split("==")[1]
+    for line in (ROOT / "{{cookiecutter.project_slug}}" / "requirements.txt").read_text().splitlines()
+    if line.startswith("uwsgi==")
+)
+# Compiling uWSGI takes about 30 s (2 shared cores); the first run builds the build root (a minute).
+PYTHON_TIMEOUT = 600
+
+
+def lab_python(release, *arguments, cwd=None, env=None, timeout=PYTHON_TIMEOUT):
+    """`scripts/lab python --release release -- arguments...`; the completed process."""
+    return subprocess.run(
+        [LAB, "python", "--release", release, "--", *map(str, arguments)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def python_run_leftovers():
+    """What `lab python` runs leave on this machine: run directories, their cgroups and processes."""
+    found = [f"run {path}" for path in LAB_PYTHON_RUNS.glob("python-*")]
+    for pattern in ("shipshape-lab-python-*", "*/shipshape-lab-python-*"):
+        found += [f"cgroup {cgroup}" for cgroup in Path("/sys/fs/cgroup").glob(pattern)]
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                arguments = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(argument.startswith(b"--machine=python-") for argument in arguments):
+                found.append(f"process {proc.name}: {b' '.join(arguments).decode()}")
+    return found
+
+
+PROBE = """
+import os, sys
+print(f"{sys.version_info[0]}.{sys.version_info[1]}", os.getcwd(), os.getuid())
+with open("here.txt", "w") as here:
+    here.write("cwd")
+os.makedirs(sys.argv[1])
+with open(os.path.join(sys.argv[1], "out.txt"), "w") as out:
+    out.write("out")
+with open("/etc/lab-python-probe", "w") as system:
+    system.write("overlay")
+print("to stderr", file=sys.stderr)
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_python_runs_the_releases_own_python_here_with_its_outputs_and_exit_status(release, tmp_path):
+    """`lab python --release R -- ARGS` is R's python3 (3.11, 3.13) as root, in the current
+    directory: stdout, stderr and the exit status are python's alone; it writes into the current
+    directory and into an argument's path whose parent exists; what it writes elsewhere stays out
+    of the cached build root; no run directory, cgroup or process is left."""
+    # Built (or picked) first: the run's stderr is then python's alone.
+    build_root = Path(lab("rootfs", "--build", "--release", release, name="lab").stdout.strip())
+    (tmp_path / "probe.py").write_text(PROBE)
+    output = tmp_path / "new" / "dir"
+    (tmp_path / "new").mkdir()
+    result = lab_python(release, "probe.py", output, cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == f"{PYTHON_VERSIONS[release]} {tmp_path} 0\n"
+    assert result.stderr == "to stderr\n"
+    assert (tmp_path / "here.txt").read_text() == "cwd"
+    assert (output / "out.txt").read_text() == "out"
+    assert (build_root / "usr" / "bin" / "gcc").exists()
+    assert not (build_root / "etc" / "lab-python-probe").exists()
+    assert python_run_leftovers() == []
+
+
+def test_python_binds_what_its_arguments_name_and_never_the_systems_own(tmp_path):
+    """Absolute paths (also --option=/path) that exist are bound, else their existing parent; the
+    outermost of nested ones; never /, /usr, /etc and the like (the build root's own)."""
+    module = lab_module()
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    arguments = [
+        "-m",
+        "pip",
+        f"--find-links={tmp_path}/a/b",
+        "-w",
+        f"{tmp_path}/a/new",
+        f"{tmp_path}/a/missing/deeper",
+        "/usr/include",
+        "/etc/hosts",
+        "/",
+        "/no-such-dir",
+        "relative/path",
+    ]
+    assert module.bind_points("/srv/cwd", arguments) == sorted([f"{tmp_path}/a", "/srv/cwd"])
+    assert module.bind_option("/a:b") == "--bind=/a\\:b"
+
+
+def test_two_python_runs_at_once_share_the_cached_build_root_and_both_succeed(tmp_path):
+    """Each run has its own overlay and cgroups over the one build root: both finish, both write."""
+    code = "import sys, time; time.sleep(2); open(sys.argv[1], 'w').write('done')"
+    runs = [
+        subprocess.Popen(
+            [LAB, "python", "--release", "trixie", "--", "-c", code, tmp_path / name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("first", "second")
+    ]
+    for run in runs:
+        _, stderr = run.communicate(timeout=PYTHON_TIMEOUT)
+        assert run.returncode == 0, stderr
+    assert [(tmp_path / name).read_text() for name in ("first", "second")] == ["done", "done"]
+    assert python_run_leftovers() == []
+
+
+def test_a_terminated_python_run_stops_python_and_removes_what_it_made():
+    """SIGTERM to `lab python`: python inside is stopped at once, the exit status is 143, and no
+    run directory, cgroup or process is left."""
+    process = subprocess.Popen(
+        [
+            LAB,
+            "python",
+            "--release",
+            "trixie",
+            "--",
+            "-c",
+            "import time; print('up', flush=True); time.sleep(300)",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline() == "up\n"
+        assert python_run_leftovers(), "the run's parts, seen while it runs"
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+        assert process.returncode == 128 + signal.SIGTERM
+        assert python_run_leftovers() == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_next_python_run_sweeps_up_after_one_that_was_killed():
+    """`lab python` killed with SIGKILL cannot clean up: its python finishes, and the next run
+    removes the run directory and cgroups it left."""
+    process = subprocess.Popen(
+        [
+            LAB,
+            "python",
+            "--release",
+            "trixie",
+            "--",
+            "-c",
+            "import time; print('up', flush=True); time.sleep(1)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline() == "up\n"
+    process.kill()
+    process.wait()
+    process.stdout.close()
+    wait_for(
+        lambda: not any(thing.startswith("process") for thing in python_run_leftovers()),
+        30,
+        "the killed run's python finished",
+    )
+    assert any(thing.startswith("run") for thing in python_run_leftovers()), "left by the killed run"
+    assert lab_python("trixie", "-c", "pass").returncode == 0
+    assert python_run_leftovers() == []
+
+
+def test_python_without_root_or_its_tools_says_so_in_one_line(tmp_path):
+    """Not root, or no systemd-nspawn and mmdebstrap: one line on stderr, exit 1, nothing on stdout."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(Path(sys.executable).resolve())
+    missing = subprocess.run(
+        [LAB, "python", "--", "-V"], env={"PATH": str(bin_dir)}, capture_output=True, text=True, check=False
+    )
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr.startswith("error: missing systemd-nspawn, mmdebstrap: apt-get install")
+    assert len(missing.stderr.splitlines()) == 1
+    nobody = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", LAB, "python", "--", "-V"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (nobody.returncode, nobody.stdout) == (1, "")
+    assert nobody.stderr == "error: the lab needs root (network bridges, mounts, cgroups): run it with sudo\n"
+
+
+@pytest.fixture(scope="module")
+def trixie_uwsgi_wheel(tmp_path_factory):
+    """uWSGI (the template's pin) built by `lab python --release trixie -- -m pip wheel`, from PyPI
+    (an empty --find-links: nothing of this machine's)."""
+    directory = tmp_path_factory.mktemp("trixie-wheel")
+    (directory / "empty").mkdir()
+    started = time.monotonic()
+    result = lab_python(
+        "trixie",
+        *("-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check"),
+        *("-w", directory / "w", f"uwsgi=={UWSGI_VERSION}", "--find-links", directory / "empty"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(f"lab python pip wheel uwsgi: {time.monotonic() - started:.1f} s")
+    return list((directory / "w").iterdir())
+
+
+def test_python_builds_a_uwsgi_wheel_that_runs_with_pcre_on_a_trixie_host(
+    trixie_uwsgi_wheel, boot, monkeypatch
+):
+    """The wheel is cp313 for plain linux (not manylinux: it links the system's libraries); in a venv
+    on a booted trixie host with libpython3.13 added, every library it links is found, `uwsgi
+    --version` answers and its options include PCRE's static-expires-uri."""
+    assert [wheel.name for wheel in trixie_uwsgi_wheel] == [
+        f"uwsgi-{UWSGI_VERSION}-cp313-cp313-linux_x86_64.whl"
+    ]
+    monkeypatch.setenv("SHIPSHAPE_LAB_PACKAGES", TRIXIE_UWSGI_PACKAGES)
+    booted = boot(1, release="trixie")
+    wheel = f"/tmp/{trixie_uwsgi_wheel[0].name}"
+    booted.put("web1", trixie_uwsgi_wheel[0], wheel)
+    booted.ssh("web1", "python3", "-m", "venv", "/tmp/venv")
+    booted.ssh("web1", "/tmp/venv/bin/pip", "install", "--quiet", "--no-index", wheel, timeout=120)
+    assert "not found" not in booted.ssh("web1", "ldd", "/tmp/venv/bin/uwsgi")
+    assert booted.ssh("web1", "/tmp/venv/bin/uwsgi", "--version") == UWSGI_VERSION
+    assert "static-expires-uri" in booted.ssh("web1", "/tmp/venv/bin/uwsgi", "--help")
