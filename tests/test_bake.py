@@ -206,5 +206,6 @@ def test_deploy_script_reads_as_a_runbook(baked):
     functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
     assert all(node.end_lineno - node.lineno < 25 for node in functions.values())
     steps = re.findall(r"^  \d\. (\w+)", ast.get_docstring(tree), flags=re.MULTILINE)
-    assert steps[:3] == ["take_lock", "build_release", "check_settings"] and "switch_current" in steps
+    assert steps[:4] == ["take_lock", "build_release", "install_venv", "check_settings"]
+    assert "switch_current" in steps
     assert all(name in functions for name in steps)

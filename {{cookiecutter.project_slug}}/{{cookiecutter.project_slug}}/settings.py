@@ -133,4 +133,5 @@ elif __name__ == "__main__":
     secrets = [key for key in sys.argv[1:] if key.endswith(("_KEY", "_URL", "_DSN", "_PASSWORD", "_TOKEN"))]
     if secrets:
         sys.exit(f"error: {secrets[0]}: a secret, never printed; code reads it from settings")
-    print(*(globals()[key] for key in sys.argv[1:]))
+    values = [globals()[key] for key in sys.argv[1:]]
+    print(*(",".join(map(str, value)) if isinstance(value, list | tuple) else value for value in values))
