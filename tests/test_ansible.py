@@ -6,13 +6,14 @@ static files). Clients on this machine send GET and POST requests to each host's
 while the deploy, the rollback and a refused deploy run: none may fail.
 """
 
+import contextlib
 import os
 import re
 import subprocess
 import uuid
 
 import pytest
-from conftest import bake
+from conftest import bake, env_with_python
 from e2e.load import Load
 from test_server_unit import LAB, LAB_PACKAGES, Host, require_lab
 
@@ -77,18 +78,28 @@ class Fleet:
         return result, loads
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    """Two fresh lab hosts (web1 primary) and a baked service whose .env for them says production."""
+# Per Debian release of the hosts: the service's Python, the libraries its uWSGI links (the hosts
+# cannot install anything), and the command that runs the hosts' Python here to build their wheels:
+# bookworm's is this machine's own, trixie's runs in a trixie build root (scripts/lab python).
+RELEASES = {
+    "bookworm": ("3.11", LAB_PACKAGES, "/usr/bin/python3"),
+    "trixie": ("3.13", "libpython3.13 libxml2", f"{LAB} python --release trixie --"),
+}
+
+
+@contextlib.contextmanager
+def lab_fleet(base, release, count, **answers):
+    """count fresh lab hosts of release (web1 primary) and a baked service whose env file for them
+    says production; the lab is removed afterwards, also when the test failed."""
     require_lab()
-    base = tmp_path_factory.mktemp("ansible")
-    project = bake(base, deploy_root="/srv", python_version="3.11")
+    python, packages, host_python = RELEASES[release]
+    env = os.environ if python == "3.11" else env_with_python(python, base / "bin")
+    project = bake(base, env=env, deploy_root="/srv", python_version=python, **answers)
     sh(project, "git", "init", "-q")
     name = "a" + uuid.uuid4().hex[:5]
-    env = {**os.environ, "SHIPSHAPE_LAB_PACKAGES": LAB_PACKAGES}
-    up = subprocess.run(
-        [LAB, "up", "2", "--name", name], capture_output=True, text=True, env=env, check=False
-    )
+    lab_env = {**os.environ, "SHIPSHAPE_LAB_PACKAGES": packages}
+    command = [LAB, "up", str(count), "--name", name, "--release", release]
+    up = subprocess.run(command, capture_output=True, text=True, env=lab_env, check=False)
     try:
         assert up.returncode == 0, up.stderr
         lines = [
@@ -98,14 +109,21 @@ def fleet(tmp_path_factory):
         # The operator's file for the servers, kept outside the checkout (never in git).
         env_file = base / "servers.env"
         addresses = ",".join(host.address for host in hosts)
-        env_file.write_text(
-            (project / ".env").read_text() + f"APP_ENV=production\nALLOWED_HOSTS=example.com,{addresses}\n"
-        )
+        production = f"APP_ENV=production\nALLOWED_HOSTS=example.com,{addresses}\n"
+        env_file.write_text((project / ".env").read_text() + production)
         inventory = base / "inventory.ini"
-        inventory.write_text("\n".join(lines) + f"\n\n[web:vars]\nenv_file={env_file}\n")
+        settings = f"\n[web:vars]\nenv_file={env_file}\n\n[all:vars]\nhost_python='{host_python}'\n"
+        inventory.write_text("\n".join(lines) + settings)
         yield Fleet(project, inventory, hosts)
     finally:
         subprocess.run([LAB, "down", "--name", name], capture_output=True, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module", params=list(RELEASES))
+def fleet(request, tmp_path_factory):
+    """Two hosts of each Debian release the lab offers."""
+    with lab_fleet(tmp_path_factory.mktemp(f"ansible-{request.param}"), request.param, 2) as hosts:
+        yield hosts
 
 
 def recap(output):
@@ -141,7 +159,10 @@ def test_deploy_redeploy_and_rollback_under_load_fail_no_request(fleet):
     assert set(fleet.revisions().values()) == {first}
     for host in fleet.hosts:
         assert host.sh("systemctl is-active my_service my_service.socket").split() == ["active", "active"]
-        assert host.sh(f"ls {APP_ROOT}/releases/*/wheels | grep -c '^uwsgi-'") == "1"
+        # The unit's uWSGI, not one that bin/serve started beside it.
+        master = host.sh(f"cat {APP_ROOT}/shared/run/uwsgi.pid")
+        assert host.sh("systemctl show --property MainPID --value my_service") == master
+        assert host.sh(f"ls {APP_ROOT}/releases/*/wheels | grep -ci '^uwsgi-'") == "1"
 
     second = commit(fleet.project, "second release")
     result, loads = fleet.under_load("deploy")
@@ -193,3 +214,30 @@ def test_make_doctor_checks_every_servers_shared_and_names_the_host_that_fails(f
     reports = dict(re.findall(r"^(web\d) \| (\w+)", broken.stdout, flags=re.MULTILINE))
     assert reports == {"web1": "CHANGED", "web2": "FAILED"}, broken.stdout
     assert "FAIL env_file  .env has mode 644" in broken.stdout
+
+
+@pytest.fixture(scope="module")
+def emperor_host(tmp_path_factory):
+    with lab_fleet(
+        tmp_path_factory.mktemp("ansible-emperor"), "bookworm", 1, process_manager="emperor"
+    ) as hosts:
+        yield hosts
+
+
+def test_emperor_runs_the_vassal_that_deploys_link_and_reload(emperor_host):
+    """process_manager=emperor: provision installs the Emperor's unit, the first deploy its uWSGI
+    and the vassal link (owned by the service user: tyrant mode); a second deploy under load
+    chain-reloads the vassal: 0 failed requests."""
+    emperor_host.make("provision")
+    first = commit(emperor_host.project, "first release")
+    emperor_host.make("deploy")
+    (host,) = emperor_host.hosts
+    assert emperor_host.revisions() == {host.address: first}
+    assert host.sh("systemctl is-active uwsgi-emperor") == "active"
+    link = host.sh("stat -c '%U:%G %N' /etc/uwsgi-emperor/vassals/my_service.ini")
+    assert link.startswith("my_service:www-data") and f"{APP_ROOT}/current/deploy/emperor" in link, link
+
+    second = commit(emperor_host.project, "second release")
+    result, loads = emperor_host.under_load("deploy")
+    assert [load.failures[:5] for load in loads] == [[]], result.stdout[-4000:]
+    assert emperor_host.revisions() == {host.address: second}
