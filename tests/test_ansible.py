@@ -63,6 +63,12 @@ class Fleet:
     def current(self):
         return {host.address: host.sh(f"readlink {APP_ROOT}/current") for host in self.hosts}
 
+    def errors(self):
+        """What uWSGI logged of failed requests and errors on each host, to explain a failure."""
+        journal = "journalctl -u my_service -u uwsgi-emperor --no-pager -o cat"
+        command = f"{journal} | grep -E 'HTTP/1.. 5|Error|error' | tail -n 20"
+        return {host.address: host.sh(command, check=False) for host in self.hosts}
+
     def under_load(self, target, check=True):
         """make target while 10 clients per host send GET and POST to its port 80; (result, loads)."""
         loads = [
@@ -119,10 +125,11 @@ def lab_fleet(base, release, count, **answers):
         subprocess.run([LAB, "down", "--name", name], capture_output=True, timeout=300, check=False)
 
 
-@pytest.fixture(scope="module", params=list(RELEASES))
+@pytest.fixture(scope="class")
 def fleet(request, tmp_path_factory):
-    """Two hosts of each Debian release the lab offers."""
-    with lab_fleet(tmp_path_factory.mktemp(f"ansible-{request.param}"), request.param, 2) as hosts:
+    """Two hosts of the class's Debian release."""
+    release = request.cls.release
+    with lab_fleet(tmp_path_factory.mktemp(f"ansible-{release}"), release, 2) as hosts:
         yield hosts
 
 
@@ -136,84 +143,95 @@ def recap(output):
     }
 
 
-def test_provision_sets_up_each_host_and_a_second_run_changes_nothing(fleet):
-    first = fleet.make("provision")
-    assert all(counts["changed"] > 0 for counts in recap(first.stdout).values()), first.stdout
-    second = fleet.make("provision")
-    counts = recap(second.stdout)
-    assert set(counts) == {"web1", "web2"}, second.stdout
-    assert all(host["changed"] == 0 and host["failed"] == 0 for host in counts.values()), second.stdout
-    for host in fleet.hosts:
-        assert host.sh(f"stat -c '%U:%G %a' {APP_ROOT}/shared/.env") == "my_service:my_service 600"
-        assert host.sh(f"stat -c '%U:%G %a' {APP_ROOT}/shared/run") == "my_service:www-data 750"
-        assert "SECRET_KEY=" in host.sh(f"cat {APP_ROOT}/shared/.env")
-        assert host.sh("ls /etc/nginx/sites-enabled") == "my_service"
-        assert host.sh("id -un my_service") == "my_service"
+class Servers:
+    """The same checks on the hosts of each Debian release (a class each: pytest-xdist may run them
+    side by side)."""
+
+    def test_provision_sets_up_each_host_and_a_second_run_changes_nothing(self, fleet):
+        first = fleet.make("provision")
+        assert all(counts["changed"] > 0 for counts in recap(first.stdout).values()), first.stdout
+        second = fleet.make("provision")
+        counts = recap(second.stdout)
+        assert set(counts) == {"web1", "web2"}, second.stdout
+        assert all(host["changed"] == 0 and host["failed"] == 0 for host in counts.values()), second.stdout
+        for host in fleet.hosts:
+            assert host.sh(f"stat -c '%U:%G %a' {APP_ROOT}/shared/.env") == "my_service:my_service 600"
+            assert host.sh(f"stat -c '%U:%G %a' {APP_ROOT}/shared/run") == "my_service:www-data 750"
+            assert "SECRET_KEY=" in host.sh(f"cat {APP_ROOT}/shared/.env")
+            assert host.sh("ls /etc/nginx/sites-enabled") == "my_service"
+            assert host.sh("id -un my_service") == "my_service"
+
+    def test_deploy_redeploy_and_rollback_under_load_fail_no_request(self, fleet):
+        """The first deploy starts the unit; a second deploy and a rollback run under GET and POST
+        load through each host's nginx: 0 failed requests, every host on the expected revision."""
+        first = commit(fleet.project, "first release")
+        fleet.make("deploy")
+        assert set(fleet.revisions().values()) == {first}
+        for host in fleet.hosts:
+            assert host.sh("systemctl is-active my_service my_service.socket").split() == ["active", "active"]
+            # The unit's uWSGI, not one that bin/serve started beside it.
+            master = host.sh(f"cat {APP_ROOT}/shared/run/uwsgi.pid")
+            assert host.sh("systemctl show --property MainPID --value my_service") == master
+            assert host.sh(f"ls {APP_ROOT}/releases/*/wheels | grep -ci '^uwsgi-'") == "1"
+
+        second = commit(fleet.project, "second release")
+        result, loads = fleet.under_load("deploy")
+        assert [load.failures[:5] for load in loads] == [[], []], (result.stdout[-4000:], fleet.errors())
+        assert all(load.ok > 50 for load in loads)
+        assert set(fleet.revisions().values()) == {second}
+
+        result, loads = fleet.under_load("rollback")
+        assert [load.failures[:5] for load in loads] == [[], []], (result.stdout[-4000:], fleet.errors())
+        assert set(fleet.revisions().values()) == {first}
+        for host in fleet.hosts:
+            journal = host.sh("journalctl -u my_service --no-pager -o cat")
+            assert "spawned uWSGI worker" in journal and "chain reloading complete" in journal, journal[
+                -2000:
+            ]
+
+    def test_unhealthy_release_is_refused_naming_the_hosts_and_nothing_changes(self, fleet):
+        """A release whose /health fails in its throwaway process: the deploy exits non-zero naming
+        each host, current is untouched and the hosts keep serving, 0 failed requests."""
+        before, revisions = fleet.current(), fleet.revisions()
+        views = fleet.project / "my_service" / "views.py"
+        source = views.read_text()
+        views.write_text(
+            source.replace("return jsonify(body), 200 if healthy else 503", "return jsonify(body), 503")
+        )
+        commit(fleet.project, "a release whose health check fails")
+        try:
+            result, loads = fleet.under_load("deploy", check=False)
+        finally:
+            views.write_text(source)
+            commit(fleet.project, "health restored")
+        assert result.returncode != 0
+        for host in ("web1", "web2"):
+            assert re.search(rf"fatal: \[{host}\].*is unhealthy", result.stdout), result.stdout[-4000:]
+        assert [load.failures[:5] for load in loads] == [[], []], fleet.errors()
+        assert fleet.current() == before
+        assert fleet.revisions() == revisions
+
+    def test_make_doctor_checks_every_servers_shared_and_names_the_host_that_fails(self, fleet):
+        healthy = fleet.make("doctor")
+        assert healthy.stdout.count("all 8 checks passed") == 2, healthy.stdout
+        web2 = fleet.hosts[1]
+        web2.sh(f"chmod 644 {APP_ROOT}/shared/.env")
+        try:
+            broken = fleet.make("doctor", check=False)
+        finally:
+            web2.sh(f"chmod 600 {APP_ROOT}/shared/.env")
+        assert broken.returncode != 0
+        reports = dict(re.findall(r"^(web\d) \| (\w+)", broken.stdout, flags=re.MULTILINE))
+        assert reports == {"web1": "CHANGED", "web2": "FAILED"}, broken.stdout
+        assert "FAIL env_file  .env has mode 644" in broken.stdout
 
 
-def test_deploy_redeploy_and_rollback_under_load_fail_no_request(fleet):
-    """The first deploy starts the unit; a second deploy and a rollback run under GET and POST
-    load through each host's nginx: 0 failed requests, every host on the expected revision."""
-    first = commit(fleet.project, "first release")
-    fleet.make("deploy")
-    assert set(fleet.revisions().values()) == {first}
-    for host in fleet.hosts:
-        assert host.sh("systemctl is-active my_service my_service.socket").split() == ["active", "active"]
-        # The unit's uWSGI, not one that bin/serve started beside it.
-        master = host.sh(f"cat {APP_ROOT}/shared/run/uwsgi.pid")
-        assert host.sh("systemctl show --property MainPID --value my_service") == master
-        assert host.sh(f"ls {APP_ROOT}/releases/*/wheels | grep -ci '^uwsgi-'") == "1"
-
-    second = commit(fleet.project, "second release")
-    result, loads = fleet.under_load("deploy")
-    assert [load.failures[:5] for load in loads] == [[], []], result.stdout[-4000:]
-    assert all(load.ok > 50 for load in loads)
-    assert set(fleet.revisions().values()) == {second}
-
-    result, loads = fleet.under_load("rollback")
-    assert [load.failures[:5] for load in loads] == [[], []], result.stdout[-4000:]
-    assert set(fleet.revisions().values()) == {first}
-    for host in fleet.hosts:
-        journal = host.sh("journalctl -u my_service --no-pager -o cat")
-        assert "spawned uWSGI worker" in journal and "chain reloading complete" in journal, journal[-2000:]
+class TestBookwormServers(Servers):
+    release = "bookworm"
 
 
-def test_unhealthy_release_is_refused_naming_the_hosts_and_nothing_changes(fleet):
-    """A release whose /health fails in its throwaway process: the deploy exits non-zero naming
-    each host, current is untouched and the hosts keep serving, 0 failed requests."""
-    before, revisions = fleet.current(), fleet.revisions()
-    views = fleet.project / "my_service" / "views.py"
-    source = views.read_text()
-    views.write_text(
-        source.replace("return jsonify(body), 200 if healthy else 503", "return jsonify(body), 503")
-    )
-    commit(fleet.project, "a release whose health check fails")
-    try:
-        result, loads = fleet.under_load("deploy", check=False)
-    finally:
-        views.write_text(source)
-        commit(fleet.project, "health restored")
-    assert result.returncode != 0
-    for host in ("web1", "web2"):
-        assert re.search(rf"fatal: \[{host}\].*is unhealthy", result.stdout), result.stdout[-4000:]
-    assert [load.failures[:5] for load in loads] == [[], []]
-    assert fleet.current() == before
-    assert fleet.revisions() == revisions
-
-
-def test_make_doctor_checks_every_servers_shared_and_names_the_host_that_fails(fleet):
-    healthy = fleet.make("doctor")
-    assert healthy.stdout.count("all 8 checks passed") == 2, healthy.stdout
-    web2 = fleet.hosts[1]
-    web2.sh(f"chmod 644 {APP_ROOT}/shared/.env")
-    try:
-        broken = fleet.make("doctor", check=False)
-    finally:
-        web2.sh(f"chmod 600 {APP_ROOT}/shared/.env")
-    assert broken.returncode != 0
-    reports = dict(re.findall(r"^(web\d) \| (\w+)", broken.stdout, flags=re.MULTILINE))
-    assert reports == {"web1": "CHANGED", "web2": "FAILED"}, broken.stdout
-    assert "FAIL env_file  .env has mode 644" in broken.stdout
+class TestTrixieServers(Servers):
+    release = "trixie"
 
 
 @pytest.fixture(scope="module")
