@@ -4,7 +4,7 @@ import atexit
 import sqlite3
 from contextlib import closing
 
-from sqlalchemy import URL, Engine, create_engine, make_url, text
+from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session
 
 from . import settings
@@ -24,8 +24,26 @@ def engine(url: str | None = None) -> Engine:
     """Return this process's engine for url (default DATABASE_URL), created after fork."""
     url = url or settings.DATABASE_URL
     if url not in _engines:
-        _engines[url] = create_engine(sqlalchemy_url(url), pool_pre_ping=True)
+        created = create_engine(sqlalchemy_url(url), pool_pre_ping=True)
+        if created.dialect.name == "sqlite":
+            event.listen(created, "connect", _sqlite_pragmas)
+        _engines[url] = created
     return _engines[url]
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    """WAL, and a write waits up to 15 s for the one before it.
+
+    In SQLite's default journal a write waits until no read is running: under a steady mix of
+    reads and writes (10 clients, a deploy's checks beside them) a POST waited out the 5 s default
+    and answered 500 "database is locked". In WAL mode reads never hold up a write nor a write the
+    reads; writes still take turns. WAL needs the -wal and -shm files beside the database (data/,
+    the service's) and a local disk, not a network mount.
+    """
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
 
 
 def session() -> Session:
