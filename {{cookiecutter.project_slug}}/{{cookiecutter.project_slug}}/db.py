@@ -32,17 +32,15 @@ def engine(url: str | None = None) -> Engine:
 
 
 def _sqlite_pragmas(connection, _record) -> None:
-    """WAL, and a write waits up to 15 s for the one before it.
+    """A write waits up to 15 s for the one before it (SQLite's default here: 5 s).
 
-    In SQLite's default journal a write waits until no read is running: under a steady mix of
-    reads and writes (10 clients, a deploy's checks beside them) a POST waited out the 5 s default
-    and answered 500 "database is locked". In WAL mode reads never hold up a write nor a write the
-    reads; writes still take turns. WAL needs the -wal and -shm files beside the database (data/,
-    the service's) and a local disk, not a network mount.
+    Under 10 clients per host, a third of them writing, and a deploy's checks beside them, a POST
+    waited out 5 s and answered 500 "database is locked". (WAL mode would also spare writes from
+    waiting for reads, but a write then no longer needs the data directory, which /health's write
+    probe relies on to see a read-only one.)
     """
     cursor = connection.cursor()
     cursor.execute("PRAGMA busy_timeout=15000")
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
 
 
