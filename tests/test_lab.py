@@ -527,23 +527,17 @@ def test_two_python_runs_at_once_share_the_cached_build_root_and_both_succeed(tm
     assert python_run_leftovers() == []
 
 
+def sleeping_python_run(seconds, stderr=subprocess.PIPE):
+    """`lab python` on trixie running a python that prints "up", then sleeps for seconds."""
+    code = f"import time; print('up', flush=True); time.sleep({seconds})"
+    command = [LAB, "python", "--release", "trixie", "--", "-c", code]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
 def test_a_terminated_python_run_stops_python_and_removes_what_it_made():
     """SIGTERM to `lab python`: python inside is stopped at once, the exit status is 143, and no
     run directory, cgroup or process is left."""
-    process = subprocess.Popen(
-        [
-            LAB,
-            "python",
-            "--release",
-            "trixie",
-            "--",
-            "-c",
-            "import time; print('up', flush=True); time.sleep(300)",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = sleeping_python_run(300)
     try:
         assert process.stdout.readline() == "up\n"
         assert python_run_leftovers(), "the run's parts, seen while it runs"
@@ -560,19 +554,7 @@ def test_a_terminated_python_run_stops_python_and_removes_what_it_made():
 def test_the_next_python_run_sweeps_up_after_one_that_was_killed():
     """`lab python` killed with SIGKILL cannot clean up: its python finishes, and the next run
     removes the run directory and cgroups it left."""
-    process = subprocess.Popen(
-        [
-            LAB,
-            "python",
-            "--release",
-            "trixie",
-            "--",
-            "-c",
-            "import time; print('up', flush=True); time.sleep(1)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    process = sleeping_python_run(1, stderr=None)
     assert process.stdout.readline() == "up\n"
     process.kill()
     process.wait()
