@@ -72,6 +72,11 @@ STATE_DIRS = (RUN_DIR, LOG_DIR, DATA_DIR, STATIC_ROOT, MEDIA_ROOT, TMP_DIR)
 DEPLOY_ROOT = BASE_DIR / env.path("DEPLOY_ROOT", STATE_DIR / "deploy")
 # `make doctor` fails when the state directory or the deploy root has less free disk than this.
 DISK_FREE_MIN_MB = env.int("DISK_FREE_MIN_MB", 500, validate=Range(min=0))
+# Written per host by `make provision HOSTS=` (deploy/ansible/templates/env.j2), never by hand:
+# how many web hosts serve this service, and whether this one runs the uWSGI cron jobs (the primary
+# only: each host running them would run every job once per host). uWSGI reads RUN_CRON itself.
+WEB_HOSTS = env.int("WEB_HOSTS", 1, validate=Range(min=1))
+RUN_CRON = env.str("RUN_CRON", "true", validate=OneOf(["true", "false"])) == "true"
 
 # postgresql:// runs on psycopg 3 (db.py); SQLite is the default, a file under DATA_DIR.
 DATABASE_URL = env.str(
@@ -115,11 +120,38 @@ def make_state_dirs() -> None:
         path.mkdir(parents=True, exist_ok=True)
 
 
+# One host's own state: a file under its STATE_DIR or each worker's memory. With several web hosts
+# every host would see different notes, tasks or cache entries, so settings refuse them there.
+HOST_LOCAL = {
+    "DATABASE_URL": ("sqlite", "postgresql://"),
+    "CACHE_URL": ("memory", "redis://"),
+{%- if cookiecutter.use_celery %}
+    "CELERY_BROKER_URL": ("sqla+sqlite", "redis:// or amqp://"),
+    "CELERY_RESULT_BACKEND": ("db+sqlite", "redis:// or db+postgresql://"),
+{%- endif %}
+}
+
+
+def _shared_state_problems():
+    """{KEY: message} for host-local state when WEB_HOSTS > 1."""
+    if (WEB_HOSTS or 1) == 1:
+        return {}
+    return {
+        key: f"{scheme}:// keeps its state on one host; WEB_HOSTS={WEB_HOSTS} must share one ({shared})"
+        for key, (scheme, shared) in HOST_LOCAL.items()
+        if str(globals()[key]).split("://", 1)[0] == scheme
+    }
+
+
 try:
     env.seal()
+    problems = {}
 except EnvValidationError as error:
-    problems = "; ".join(f"{key}: {' '.join(messages)}" for key, messages in error.error_messages.items())
-    message = f"invalid settings (environment and {ENV_FILE}): {problems}"
+    problems = {key: " ".join(messages) for key, messages in error.error_messages.items()}
+problems |= _shared_state_problems()
+if problems:
+    details = "; ".join(f"{key}: {message}" for key, message in problems.items())
+    message = f"invalid settings (environment and {ENV_FILE}): {details}"
     if __name__ == "__main__":
         sys.exit(f"error: {message}")
     raise ImproperlyConfigured(message) from None
