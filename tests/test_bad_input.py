@@ -42,6 +42,8 @@ BAD_SETTINGS = [
     ("SENTRY_TRACES_SAMPLE_RATE", "2", False),
     ("SENTRY_TRACES_SAMPLE_RATE", "half", False),
     ("SENTRY_PROFILES_SAMPLE_RATE", "-0.1", False),
+    ("WEB_HOSTS", "0", False),
+    ("RUN_CRON", "yes", False),
 ]
 
 
@@ -123,6 +125,34 @@ def test_settings_refuse_to_print_a_secret(service):
         assert result.stderr.strip() == f"error: {key}: a secret, never printed; code reads it from settings"
         assert secret.split("=", 1)[1] not in result.stdout + result.stderr
     assert run(service, ".venv/bin/python", "-m", "my_service.settings", "HTTP_PORT").stdout.strip().isdigit()
+
+
+# What each web host shares once there are several: a URL of the servers every host reaches.
+SHARED_STATE = {
+    "DATABASE_URL": "postgresql://app:db-pass-Hs71@db.internal/app",
+    "CACHE_URL": "redis://:cache-pass-Hs72@redis.internal:6379/2",
+    "CELERY_BROKER_URL": "redis://:broker-pass-Hs73@redis.internal:6379/0",
+    "CELERY_RESULT_BACKEND": "redis://:result-pass-Hs74@redis.internal:6379/1",
+}
+
+
+@pytest.mark.parametrize("key", SHARED_STATE)
+def test_several_web_hosts_refuse_state_kept_on_one_host_naming_the_setting(service, key):
+    """WEB_HOSTS=2 (what provision writes for two web hosts) with one of the defaults that live on
+    one host (SQLite, the in-process cache, the SQLite broker and results): refused in one line
+    naming that key alone, so `make doctor` and the deploy's settings check refuse it too."""
+    set_env(service, "WEB_HOSTS", "2")
+    for other, url in SHARED_STATE.items():
+        set_env(service, other, url if other != key else None)
+    result = run(service, ".venv/bin/python", "-m", "my_service.settings")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: invalid settings") and f"{key}:" in line, line
+    assert "WEB_HOSTS=2 must share one" in line
+    assert [other for other in SHARED_STATE if f"{other}:" in line] == [key]
+    assert not any(url.split("@")[0].split(":")[-1] in line for url in SHARED_STATE.values())
+    set_env(service, key, SHARED_STATE[key])
+    assert run(service, ".venv/bin/python", "-m", "my_service.settings").returncode == 0
 
 
 def doctor(project, *command):

@@ -16,15 +16,38 @@ class Load:
     turn) against 127.0.0.1:port until stopped or max_seconds passed; any answer but 200 (201 for a
     POST) or any exception is a failure, recorded with what it was."""
 
-    def __init__(self, port, threads=50, max_seconds=300, requests=(("GET", "/"),), host="127.0.0.1"):
-        self.host, self.port, self.requests = host, port, requests
+    def __init__(
+        self, port, threads=50, max_seconds=300, requests=(("GET", "/"),), host="127.0.0.1", resend=False
+    ):
+        self.host, self.port, self.requests, self.resend = host, port, requests, resend
         self.deadline = time.monotonic() + max_seconds
-        self.ok, self.failures, self.running = 0, [], True
+        self.ok, self.failures, self.running, self.resent = 0, [], True, 0
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(threads)]
 
     def connect(self):
         return http.client.HTTPConnection(self.host, self.port, timeout=30)
+
+    def exchange(self, connection, method, path, payload):
+        """(status, connection): with resend, a request that a reused connection lost before any
+        byte of the answer is sent once more on a new one, as browsers do (RFC 9112 9.3.1): a server
+        may close an idle keep-alive connection at any moment (nginx does when it reloads)."""
+        headers = {"Content-Type": "application/json"}
+        reused = connection.sock is not None
+        try:
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            if not (self.resend and reused):
+                raise
+            connection.close()
+            connection = self.connect()
+            with self.lock:
+                self.resent += 1
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+        response.read()
+        return response.status, connection
 
     def client(self):
         connection, sent = self.connect(), 0
@@ -34,10 +57,8 @@ class Load:
             expected = 201 if method == "POST" else 200
             try:
                 payload = json.dumps(body[0] if body else {}).encode() if method == "POST" else None
-                connection.request(method, path, body=payload, headers={"Content-Type": "application/json"})
-                response = connection.getresponse()
-                response.read()
-                outcome = response.status if response.status != expected else "ok"
+                status, connection = self.exchange(connection, method, path, payload)
+                outcome = status if status != expected else "ok"
             except Exception as error:  # every exception is a failed request
                 outcome = f"{method} {path}: {error!r}"
                 connection.close()
