@@ -8,11 +8,13 @@ in seconds.
 
 import fcntl
 import importlib.util
+import ipaddress
 import json
 import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -233,19 +235,23 @@ def test_lb_adds_a_host_in_group_lb_that_answers_like_the_web_hosts(boot):
 def leftovers(name):
     """What remains on this machine of the lab called name: interfaces, processes, mounts,
     cgroups, nspawn's own directories and state, found by the names the lab gives them
-    (sslab-NAME, vb-NAME-HOST, --machine=NAME-HOST, shipshape-lab-NAME-HOST, the state directory)."""
+    (sslab-NAME, vb-NAME-HOST, --machine=NAME-HOST, shipshape-lab-NAME-HOST, the state directory,
+    which the --services postmaster's command line names)."""
     found = []
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, check=True).stdout)
     found += [f"interface {link['ifname']}" for link in links if f"-{name}" in link["ifname"]]
+    state_dir = str(STATE / name)
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 arguments = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if any(argument.startswith(f"--machine={name}-".encode()) for argument in arguments):
+            if any(
+                argument.startswith((f"--machine={name}-".encode(), f"{state_dir}/".encode()))
+                for argument in arguments
+            ):
                 found.append(f"process {proc.name}: {b' '.join(arguments).decode()}")
-    state_dir = str(STATE / name)
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         if line.split()[4].startswith(state_dir):
             found.append(f"mount {line.split()[4]}")
@@ -279,12 +285,19 @@ def test_down_leaves_no_bridge_process_mount_cgroup_or_state_and_runs_twice(boot
     assert "nothing to remove" in again.stderr
 
 
-def test_an_interrupted_up_removes_what_it_made():
-    """SIGTERM while hosts boot: `up` exits non-zero and leaves nothing behind (no `down` needed)."""
+@pytest.mark.parametrize("services", [False, True], ids=["services=false", "services=true"])
+def test_an_interrupted_up_removes_what_it_made(services):
+    """SIGTERM while hosts boot: `up` exits non-zero and leaves nothing behind (no `down` needed);
+    with --services (started before the hosts), neither PostgreSQL nor Redis."""
+    if services:
+        require_services()
     name = new_name()
     state_file = STATE / name / "state.json"
     process = subprocess.Popen(
-        [LAB, "up", "2", "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [LAB, "up", "2", *(["--services"] if services else []), "--name", name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
 
@@ -300,12 +313,16 @@ def test_an_interrupted_up_removes_what_it_made():
             if "/locks/" in path
         ]
         assert leftovers(name), "the lab's parts, seen while up runs"
+        servers = service_processes(state)
+        assert len(servers) == (2 if services else 0), "the services, recorded before the hosts start"
+        assert all(map(runs, servers.values())), "the services, seen while up runs"
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
         assert process.returncode != 0
         assert stdout == "", "no inventory for a lab that is not up"
         assert "removing what it made" in stderr
         assert leftovers(name) == []
+        assert not any(map(runs, servers.values())), "the services' servers"
         assert [lock for lock in locks if lock.exists()] == [], "nspawn's locks on the hosts' roots"
     finally:
         if process.poll() is None:
@@ -322,6 +339,206 @@ def test_up_refuses_a_subnet_this_machine_uses_and_makes_nothing():
     assert result.stderr.strip().splitlines()[-1].startswith("error: --subnet 127.0.0.0/24 collides with")
     assert result.stdout == ""
     assert not (STATE / name).exists()
+
+
+# --- up --services: PostgreSQL and Redis on this machine, on the bridge's address alone -----------
+
+SERVICES_PROBE = r"""
+import json, socket, struct, sys
+
+redis_port, redis_password, postgres_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+
+
+def receive(connection, enough):
+    reply = b""
+    while not enough(reply) and (chunk := connection.recv(4096)):
+        reply += chunk
+    return reply
+
+
+def redis(command):
+    with socket.create_connection(("control", redis_port), timeout=10) as connection:
+        connection.sendall(command.encode())
+        return receive(connection, lambda reply: reply.count(b"\r\n") == command.count("\r\n")).decode()
+
+
+# PostgreSQL's startup message (protocol 3.0) for user app, database app; the server's first
+# answer is an authentication request: code 10 (SASL) lists its mechanisms.
+with socket.create_connection(("control", postgres_port), timeout=10) as connection:
+    parameters = b"user\0app\0database\0app\0\0"
+    connection.sendall(struct.pack("!ii", 8 + len(parameters), 196608) + parameters)
+    reply = receive(
+        connection, lambda reply: len(reply) >= 5 and len(reply) > struct.unpack("!i", reply[1:5])[0]
+    )
+print(json.dumps({
+    "redis without password": redis("PING\r\n"),
+    "redis with password": redis(f"AUTH {redis_password}\r\nPING\r\n"),
+    "postgres asks": [reply[:1].decode(), struct.unpack("!i", reply[5:9])[0], reply[9:].decode()],
+}))
+"""
+
+
+def require_services():
+    """PostgreSQL and Redis installed here (--services runs this machine's own), or fail under CI=true
+    / skip saying how to get them."""
+    servers = [*Path("/usr/lib/postgresql").glob("*/bin/postgres"), Path("/usr/bin/redis-server")]
+    if len(servers) < 2 or not servers[-1].exists():
+        message = "--services needs PostgreSQL and Redis here: apt-get install postgresql redis-server"
+        if CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def runs(process):
+    """Is process (pid, a part of its command line) alive and still that process (no pid reuse)?"""
+    pid, part = process
+    try:
+        return part in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def service_processes(state):
+    """The --services servers recorded in a lab's state, {name: (pid, a part of its command line)}:
+    the postmaster's names its data directory, redis-server's its address and port."""
+    services = state.get("services", {})
+    return {
+        name: (service["pid"], f"{service['dir']}/data" if name == "postgres" else f":{service['port']}")
+        for name, service in services.items()
+    }
+
+
+def listeners(pid):
+    """The addresses pid listens on for TCP (from `ss -ltnp`)."""
+    lines = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout.splitlines()
+    return sorted(line.split()[3] for line in lines if f"pid={pid}," in line)
+
+
+@pytest.fixture(scope="module")
+def services_lab():
+    """One web host with `up 1 --services`, booted once for the read-only tests below."""
+    require_services()
+    name = new_name()
+    try:
+        result = lab("up", "1", "--services", name=name)
+        yield Lab(name, result.stdout)
+    finally:
+        lab("down", name=name, check=False)
+
+
+def test_services_add_their_urls_for_the_host_named_control_to_the_inventory(services_lab):
+    """[all:vars] gains lab_database_url=postgresql://app:PASSWORD@control:PORT/app and
+    lab_redis_url=redis://:PASSWORD@control:PORT/0 (random hex passwords, the recorded ports),
+    nothing else; the hosts resolve control to the bridge's address."""
+    variables, services = services_lab.variables, services_lab.state["services"]
+    postgres, redis = services["postgres"], services["redis"]
+    assert variables["lab_database_url"] == (
+        f"postgresql://app:{postgres['password']}@control:{postgres['port']}/app"
+    )
+    assert variables["lab_redis_url"] == f"redis://:{redis['password']}@control:{redis['port']}/0"
+    assert set(variables) == {
+        "ansible_user",
+        "ansible_ssh_private_key_file",
+        "ansible_ssh_common_args",
+        "ansible_python_interpreter",
+        "lab_database_url",
+        "lab_redis_url",
+    }
+    passwords = [postgres["password"], redis["password"]]
+    assert all(len(password) == 32 and int(password, 16) >= 0 for password in passwords)
+    assert passwords[0] != passwords[1]
+    control = postgres["address"]
+    assert control == str(ipaddress.ip_network(services_lab.state["subnet"])[1])
+    assert f"{control} control" in services_lab.ssh("web1", "cat", "/etc/hosts")
+
+
+def test_services_answer_the_lab_hosts_with_their_password_and_redis_refuses_without_it(services_lab):
+    """From web1 (python3 sockets, by the name control): Redis answers NOAUTH without the password,
+    +OK +PONG with it; PostgreSQL asks app for SCRAM-SHA-256. From this machine: psql with the
+    URL's password runs a query as app in app; a wrong password is refused."""
+    postgres, redis = (services_lab.state["services"][name] for name in ("postgres", "redis"))
+    answers = json.loads(
+        services_lab.ssh(
+            "web1",
+            *("python3", "-c", SERVICES_PROBE, str(redis["port"]), redis["password"], str(postgres["port"])),
+        )
+    )
+    assert answers["redis without password"].startswith("-NOAUTH"), answers
+    assert answers["redis with password"] == "+OK\r\n+PONG\r\n", answers
+    kind, code, mechanisms = answers["postgres asks"]
+    assert (kind, code) == ("R", 10), answers
+    assert "SCRAM-SHA-256" in mechanisms
+    # The inventory's URL as this machine uses it: control is the bridge's address here.
+    url = services_lab.variables["lab_database_url"].replace("@control:", f"@{postgres['address']}:")
+    psql = lab_module().postgres_bin() / "psql"
+
+    def query(database_url):
+        return subprocess.run(
+            [psql, database_url, "-tAc", "select current_user || ' ' || current_database()"],
+            env={**os.environ, "PGCONNECT_TIMEOUT": "10"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    good = query(url)
+    assert (good.returncode, good.stdout.strip()) == (0, "app app"), good.stderr
+    wrong = query(url.replace(postgres["password"], "wrong"))
+    assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr, wrong.stderr
+
+
+def test_services_listen_on_the_bridges_address_alone(services_lab):
+    """`ss -ltnp`: the postmaster and redis-server listen only on control's address and port,
+    never on loopback or on every address; their ports on 127.0.0.1 refuse connections."""
+    for name, service in services_lab.state["services"].items():
+        assert listeners(service["pid"]) == [f"{service['address']}:{service['port']}"], name
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", service["port"]), timeout=5).close()
+
+
+def test_down_stops_the_services_and_removes_their_data_leaving_this_machines_own_alone(boot):
+    """After `down` of a lab with --services: its postmaster (and the postmaster's children) and
+    redis-server are gone (by recorded pid), their directories too, nothing listens on their
+    ports; this machine's own PostgreSQL (127.0.0.1:5432) and Redis (6379), if they ran, still
+    answer."""
+    own = {port: answers_on_loopback(port) for port in (5432, 6379)}
+    booted = boot(1, "--services")
+    services = booted.state["services"]
+    servers = service_processes(booted.state)
+    postmaster = servers["postgres"][0]
+    children = [
+        proc for proc in Path("/proc").iterdir() if proc.name.isdigit() and parent_of(proc) == postmaster
+    ]
+    assert all(map(runs, servers.values())) and children, "the services, seen while up"
+    directories = [Path(service["dir"]) for service in services.values()]
+    assert all(directory.is_dir() for directory in directories)
+    assert (directories[0] / "data" / "PG_VERSION").is_file()
+    lab("down", name=booted.name)
+    assert [process for process in servers.values() if runs(process)] == []
+    assert [child for child in children if parent_of(child) == postmaster] == [], "the postmaster's"
+    assert [directory for directory in directories if directory.exists()] == []
+    assert leftovers(booted.name) == []
+    for service in services.values():
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((service["address"], service["port"]), timeout=5).close()
+    assert {port: answers_on_loopback(port) for port in own} == own, "this machine's own services"
+
+
+def answers_on_loopback(port):
+    """Does something accept TCP connections on 127.0.0.1:port?"""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
+def parent_of(proc):
+    """The parent pid of the process /proc/PID (0 once it is gone)."""
+    try:
+        return int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def lab_module():
