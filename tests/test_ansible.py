@@ -40,10 +40,10 @@ def commit(project, message):
 
 
 class Fleet:
-    """The baked service, its inventory of the lab's hosts, and the hosts."""
+    """The baked service, its inventory of the lab's hosts, the web hosts and the load balancer."""
 
-    def __init__(self, project, inventory, hosts):
-        self.project, self.inventory, self.hosts = project, inventory, hosts
+    def __init__(self, project, inventory, hosts, lb=None):
+        self.project, self.inventory, self.hosts, self.lb = project, inventory, hosts, lb
 
     def make(self, target, check=True, **env):
         return sh(self.project, "make", target, f"HOSTS={self.inventory}", check=check, **env)
@@ -93,10 +93,22 @@ RELEASES = {
 }
 
 
+def shared_state(inventory):
+    """With several web hosts, what they share (settings refuse one host's SQLite or memory): the
+    lab's PostgreSQL, and its Redis as broker, result backend and cache (databases 0, 1, 2)."""
+    found = dict(re.findall(r"^(lab_\w+_url)=(\S+)$", inventory, flags=re.MULTILINE))
+    redis = found["lab_redis_url"].rsplit("/", 1)[0]
+    return (
+        f"DATABASE_URL={found['lab_database_url']}\nCELERY_BROKER_URL={redis}/0\n"
+        f"CELERY_RESULT_BACKEND={redis}/1\nCACHE_URL={redis}/2\n"
+    )
+
+
 @contextlib.contextmanager
-def lab_fleet(base, release, count, **answers):
-    """count fresh lab hosts of release (web1 primary) and a baked service whose env file for them
-    says production; the lab is removed afterwards, also when the test failed."""
+def lab_fleet(base, release, count, lb=False, **answers):
+    """count fresh lab hosts of release (web1 primary), with a load balancer lb1 if lb, and a baked
+    service whose env file for them says production (and, for several hosts, names the lab's
+    PostgreSQL and Redis); the lab is removed afterwards, also when the test failed."""
     require_lab()
     python, packages, host_python = RELEASES[release]
     env = os.environ if python == "3.11" else env_with_python(python, base / "bin")
@@ -104,7 +116,8 @@ def lab_fleet(base, release, count, **answers):
     sh(project, "git", "init", "-q")
     name = "a" + uuid.uuid4().hex[:5]
     lab_env = {**os.environ, "SHIPSHAPE_LAB_PACKAGES": packages}
-    command = [LAB, "up", str(count), "--name", name, "--release", release]
+    options = [*(["--lb"] if lb else []), *(["--services"] if count > 1 else [])]
+    command = [LAB, "up", str(count), *options, "--name", name, "--release", release]
     up = subprocess.run(command, capture_output=True, text=True, env=lab_env, check=False)
     try:
         assert up.returncode == 0, up.stderr
@@ -112,17 +125,20 @@ def lab_fleet(base, release, count, **answers):
             line + " primary=true" if line.startswith("web1 ") else line for line in up.stdout.splitlines()
         ]
         hosts = [Host(f"{up.stdout}\n{line}") for line in lines if line.startswith("web")]
+        balancer = [Host(f"{up.stdout}\n{line}") for line in lines if line.startswith("lb1 ")]
         # The operator's file for the servers, kept outside the checkout (never in git).
         env_file = base / "servers.env"
-        addresses = ",".join(host.address for host in hosts)
+        addresses = ",".join(host.address for host in balancer + hosts)
         production = f"APP_ENV=production\nALLOWED_HOSTS=example.com,{addresses}\n"
-        env_file.write_text((project / ".env").read_text() + production)
+        shared = shared_state(up.stdout) if count > 1 else ""
+        env_file.write_text((project / ".env").read_text() + production + shared)
         inventory = base / "inventory.ini"
         settings = f"\n[web:vars]\nenv_file={env_file}\n\n[all:vars]\nhost_python='{host_python}'\n"
         inventory.write_text("\n".join(lines) + settings)
-        yield Fleet(project, inventory, hosts)
+        yield Fleet(project, inventory, hosts, *balancer)
     finally:
-        subprocess.run([LAB, "down", "--name", name], capture_output=True, timeout=300, check=False)
+        down = subprocess.run([LAB, "down", "--name", name], capture_output=True, text=True, timeout=300)
+        assert down.returncode == 0, f"lab {name} was not removed: {down.stderr}"
 
 
 @pytest.fixture(scope="class")

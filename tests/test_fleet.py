@@ -1,0 +1,247 @@
+"""Two web hosts behind the lab's load balancer: a rolling deploy and rollback that nobody notices.
+
+The lab boots lb1, web1 (primary) and web2, and PostgreSQL and Redis on its bridge for the web
+hosts to share. `make provision` turns lb1 into the load balancer (deploy/nginx-lb.conf); clients
+on this machine send GET and POST requests through it while deploys and rollbacks roll host by
+host. The clients behave as browsers do with keep-alive connections: a request that a reused
+connection lost before any byte of its answer is sent again (the load balancer's own reloads
+close idle connections); any other error, and any answer but 200 or 201, is a failed request.
+"""
+
+import re
+import subprocess
+import time
+
+import pytest
+from e2e.load import Load
+from test_ansible import APP_ROOT, REQUESTS, commit, lab_fleet, recap
+
+pytestmark = [pytest.mark.lab, pytest.mark.venv]
+TASKS = 250  # sent from each web host
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    with lab_fleet(tmp_path_factory.mktemp("fleet"), "bookworm", 2, lb=True) as fleet:
+        fleet.make("provision")
+        fleet.first = commit(fleet.project, "first release")
+        fleet.make("deploy")
+        fleet.deployed_at = time.time()
+        yield fleet
+
+
+def through_the_balancer(fleet, target, check=True):
+    """make target while 10 browser-like clients send GET and POST through lb1; (result, load)."""
+    with Load(80, threads=10, max_seconds=600, requests=REQUESTS, host=fleet.lb.address, resend=True) as load:
+        result = fleet.make(target, check=check)
+    return result, load
+
+
+def upstream_of(fleet):
+    return fleet.lb.sh("cat /etc/nginx/my_service-lb/upstream.conf")
+
+
+def balanced_requests(fleet, since):
+    """(start, end, web host address) of each request lb1 passed on since `since` (epoch s)."""
+    log = fleet.lb.sh("cat /var/log/nginx/my_service-lb.access.log")
+    requests = []
+    for match in re.finditer(r" (\d+\.\d+) (\d+\.\d+) upstream=(\S+)", log):
+        took, end, upstream = float(match[1]), float(match[2]), match[3]
+        if end >= since:
+            requests += [(end - took, end, address.split(":")[0]) for address in upstream.split(",")]
+    return requests
+
+
+def reload_windows(host, since):
+    """[(start, end)] of each chain reload on the host since `since` (from uWSGI's journal lines)."""
+    journal = host.sh(f"journalctl -u my_service --no-pager -o short-unix --since=@{int(since)}")
+    starts = [float(line.split()[0]) for line in journal.splitlines() if "chain reload starting" in line]
+    ends = [float(line.split()[0]) for line in journal.splitlines() if "chain reloading complete" in line]
+    assert len(starts) == len(ends), journal[-3000:]
+    return list(zip(starts, ends, strict=True))
+
+
+def assert_never_sent_to_a_reloading_host(fleet, since):
+    requests = balanced_requests(fleet, since)
+    assert requests, "lb1 logged no request"
+    for host in fleet.hosts:
+        windows = reload_windows(host, since)
+        assert windows, f"{host.address} never reloaded"
+        overlapping = [
+            (start, end)
+            for start, end, address in requests
+            if address == host.address and any(start < w_end and end > w_start for w_start, w_end in windows)
+        ]
+        assert overlapping == [], (host.address, windows, overlapping[:5])
+    # And the load went to both hosts: nothing here holds because one host took it all.
+    assert {address for *_, address in requests} == {host.address for host in fleet.hosts}
+
+
+def test_provision_makes_lb1_the_load_balancer_of_both_web_hosts(fleet):
+    """lb1 balances over web1 and web2; each web host knows the fleet's size, and only the
+    primary runs the cron jobs. A second provision changes nothing."""
+    again = fleet.make("provision")
+    counts = recap(again.stdout)
+    assert set(counts) == {"lb1", "web1", "web2"}, again.stdout
+    assert all(host["changed"] == 0 and host["failed"] == 0 for host in counts.values()), again.stdout
+    upstream = upstream_of(fleet)
+    assert [line.split()[1] for line in upstream.splitlines()] == [f"{h.address}:80" for h in fleet.hosts]
+    assert "down" not in upstream
+    web1, web2 = fleet.hosts
+    assert "WEB_HOSTS=2\n" in web1.sh(f"cat {APP_ROOT}/shared/.env") + "\n"
+    assert "RUN_CRON=true" in web1.sh(f"cat {APP_ROOT}/shared/.env")
+    assert "RUN_CRON=false" in web2.sh(f"cat {APP_ROOT}/shared/.env")
+    headers = subprocess.run(
+        ["curl", "-si", f"http://{fleet.lb.address}/health"], capture_output=True, text=True, timeout=30
+    ).stdout
+    assert headers.startswith("HTTP/1.1 200"), headers
+    # The security headers once each: the web hosts' copies hidden, the load balancer's own sent.
+    assert headers.lower().count("x-content-type-options: nosniff") == 1, headers
+
+
+def test_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(fleet):
+    """A deploy, then a rollback, host by host under GET and POST load through lb1: 0 failed
+    requests, every host on one revision after each, and lb1 never passed a request to a host
+    while that host was chain-reloading (its access log against each host's uWSGI journal)."""
+    second = commit(fleet.project, "second release")
+    since = time.time()
+    result, load = through_the_balancer(fleet, "deploy")
+    assert load.failures[:5] == [], (result.stdout[-4000:], fleet.errors())
+    assert load.ok > 100
+    assert set(fleet.revisions().values()) == {second}
+    assert_never_sent_to_a_reloading_host(fleet, since)
+    assert "down" not in upstream_of(fleet)
+
+    since = time.time()
+    result, load = through_the_balancer(fleet, "rollback")
+    assert load.failures[:5] == [], (result.stdout[-4000:], fleet.errors())
+    assert set(fleet.revisions().values()) == {fleet.first}
+    assert_never_sent_to_a_reloading_host(fleet, since)
+    print(f"browser-like resends after a closed keep-alive connection: {load.resent}")
+
+
+def test_a_release_unhealthy_under_uwsgi_stops_the_roll_at_the_first_host(fleet):
+    """A release that passes its checks in a throwaway process but whose /health fails once uWSGI
+    serves it: web1 is switched back, the roll stops before web2, which never changed, the last
+    lines say who serves what, the fleet lock is released, and no request failed."""
+    before, revisions = fleet.current(), fleet.revisions()
+    wsgi = fleet.project / "my_service" / "wsgi.py"
+    source = wsgi.read_text()
+    wsgi.write_text(
+        source + "\ntry:\n    import uwsgi  # noqa: F401\n    application.view_functions['health'] = "
+        "lambda: ('unhealthy under uWSGI', 503)\nexcept ImportError:\n    pass\n"
+    )
+    commit(fleet.project, "a release whose health fails under uWSGI only")
+    try:
+        result, load = through_the_balancer(fleet, "deploy", check=False)
+    finally:
+        wsgi.write_text(source)
+        commit(fleet.project, "health restored")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "The deploy stopped at web1" in output, output[-4000:]
+    web1, web2 = fleet.hosts
+    assert re.search(rf"web1 {before[web1.address].split('/')[-1]}", output), output[-3000:]
+    assert re.search(rf"web2 {before[web2.address].split('/')[-1]}", output), output[-3000:]
+    assert load.failures[:5] == [], fleet.errors()
+    assert fleet.current() == before
+    assert fleet.revisions() == revisions
+    assert "down" not in upstream_of(fleet)
+    assert fleet.hosts[0].sh(f"test -e {APP_ROOT}/fleet.lock && echo held || echo free") == "free"
+
+
+def veth_of(fleet, host):
+    """This machine's end of the host's link to the lab's bridge."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    name = re.search(rf"\d+: (vb-\w+-{host}|ve-\w+-{host})[@:]", links)
+    assert name, links
+    return name[1]
+
+
+def test_a_host_cut_off_mid_deploy_fails_the_deploy_and_the_next_one_converges(fleet):
+    """web2 loses its network once the roll took it out of rotation: the deploy fails saying web2
+    is unreachable, web1 serves the new release, lb1 goes on serving (0 failed requests); once
+    web2 is back, the next deploy brings both hosts onto one revision."""
+    third = commit(fleet.project, "third release")
+    web2 = fleet.hosts[1]
+    link = veth_of(fleet, "web2")
+    with Load(80, threads=10, max_seconds=600, requests=REQUESTS, host=fleet.lb.address, resend=True) as load:
+        deploy = subprocess.Popen(
+            ["make", "deploy", f"HOSTS={fleet.inventory}"],
+            cwd=fleet.project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while f"{web2.address}:80 max_fails=1 fail_timeout=5s down" not in upstream_of(fleet):
+                assert deploy.poll() is None and time.monotonic() < deadline, "web2 never left rotation"
+                time.sleep(0.2)
+            subprocess.run(["ip", "link", "set", link, "down"], check=True)
+            output, _ = deploy.communicate(timeout=600)
+        finally:
+            subprocess.run(["ip", "link", "set", link, "up"], check=True)
+            if deploy.poll() is None:
+                deploy.kill()
+    assert deploy.returncode != 0
+    assert "web2 is unreachable" in output and "The deploy stopped at web2" in output, output[-4000:]
+    assert "unknown (unreachable)" in output, output[-4000:]
+    assert load.failures[:5] == [], fleet.errors()
+    assert fleet.revisions()[fleet.hosts[0].address] == third
+
+    fleet.make("deploy")
+    assert set(fleet.revisions().values()) == {third}
+
+
+def test_tasks_sent_through_both_hosts_run_exactly_once_on_the_shared_broker(fleet):
+    """250 tasks sent from each web host to the lab's Redis: each done exactly once, by the
+    Celery workers of both hosts (each host's journal names the tasks its worker finished)."""
+    send = (
+        f"cd {APP_ROOT}/current && runuser -u my_service -g www-data -- .venv/bin/python -c "
+        "'from my_service.tasks import add\n"
+        f"results = [add.delay(n, n) for n in range({TASKS})]\n"
+        "[print(r.id, r.get(timeout=120, interval=0.05)) for r in results]'"
+    )
+    since = int(time.time()) - 1
+    sent = {}
+    for host in fleet.hosts:
+        for line in host.sh(send, timeout=300).splitlines():
+            task_id, result = line.split()
+            sent[task_id] = int(result)
+    assert len(sent) == 2 * TASKS
+    assert sorted(sent.values()) == sorted(2 * n for n in range(TASKS) for _ in range(2))
+    done = {}
+    for host in fleet.hosts:
+        journal = host.sh(f"journalctl -u my_service --no-pager -o cat --since=@{since}")
+        done[host.address] = re.findall(r"Task my_service\.tasks\.add\[([0-9a-f-]+)\] succeeded", journal)
+    everywhere = [task_id for ids in done.values() for task_id in ids]
+    assert sorted(everywhere) == sorted(sent), "a task ran twice or never"
+    assert all(len(ids) > 0 for ids in done.values()), {address: len(ids) for address, ids in done.items()}
+
+
+def test_cron_runs_on_the_primary_only_once_a_minute(fleet):
+    """Over three minutes and more since the first deploy, the every-minute heartbeat ran on web1
+    alone, at most once in any minute and in each of the last three minutes."""
+    time.sleep(max(0.0, fleet.deployed_at + 200 - time.time()))
+    web1, web2 = fleet.hosts
+    runs = {}
+    for host in fleet.hosts:
+        journal = host.sh("journalctl -u my_service --no-pager -o short-unix")
+        lines = [line for line in journal.splitlines() if "job heartbeat finished" in line]
+        runs[host] = [float(line.split()[0]) for line in lines]
+    assert runs[web2] == []
+    minutes = [int(moment // 60) for moment in runs[web1]]
+    assert len(minutes) == len(set(minutes)), minutes
+    now = int(time.time() // 60)
+    assert {now - 3, now - 2, now - 1} <= set(minutes), (now, minutes)
+
+
+def test_every_host_runs_the_same_release_built_here_once(fleet):
+    """The hosts have no compiler; each host's current release holds the same files (the code,
+    the wheels built on this machine, the hashed static files), checksum for checksum."""
+    checksums = "cd {}/current/ && find . -path ./.venv -prune -o -type f -print | sort | xargs sha256sum"
+    sums = [host.sh(checksums.format(APP_ROOT)) for host in fleet.hosts]
+    assert sums[0] == sums[1] and "./wheels/uwsgi-" in sums[0] and "./static-build/" in sums[0]
+    for host in fleet.hosts:
+        assert host.sh("command -v gcc cc || echo none") == "none"
