@@ -131,6 +131,8 @@ def lab_fleet(base, release, count, lb=False, **answers):
         addresses = ",".join(host.address for host in balancer + hosts)
         production = f"APP_ENV=production\nALLOWED_HOSTS=example.com,{addresses}\n"
         shared = shared_state(up.stdout) if count > 1 else ""
+        # With a load balancer, pages load their hashed files from it, as from a CDN's origin.
+        shared += "".join(f"STATIC_URL=http://{host.address}/static/\n" for host in balancer)
         env_file.write_text((project / ".env").read_text() + production + shared)
         inventory = base / "inventory.ini"
         settings = f"\n[web:vars]\nenv_file={env_file}\n\n[all:vars]\nhost_python='{host_python}'\n"

@@ -53,9 +53,10 @@ def balanced_requests(fleet, since):
 
 
 def reload_windows(host, since):
-    """[(start, end)] of each chain reload on the host since `since` (from uWSGI's journal lines)."""
+    """[(start, end)] of each chain reload on the host since `since` (uWSGI's journal lines)."""
     journal = host.sh(f"journalctl -u my_service --no-pager -o short-unix --since=@{int(since)}")
-    starts = [float(line.split()[0]) for line in journal.splitlines() if "chain reload starting" in line]
+    # A chain reload replaces worker 1 first; until "complete" the host serves both releases.
+    starts = [float(line.split()[0]) for line in journal.splitlines() if "chain next victim is worker 1" in line]
     ends = [float(line.split()[0]) for line in journal.splitlines() if "chain reloading complete" in line]
     assert len(starts) == len(ends), journal[-3000:]
     return list(zip(starts, ends, strict=True))
@@ -192,6 +193,35 @@ def test_a_host_cut_off_mid_deploy_fails_the_deploy_and_the_next_one_converges(f
 
     fleet.make("deploy")
     assert set(fleet.revisions().values()) == {third}
+
+
+def stylesheet_of(fleet, host):
+    page = host.sh("curl -sf http://127.0.0.1/ -H 'Host: example.com'")
+    return re.search(r'rel="stylesheet" href="([^"]+)"', page)[1]
+
+
+def test_each_releases_static_files_reach_the_balancer_before_any_host_switches(fleet):
+    """STATIC_URL points at lb1, as at a CDN whose origin it is: a release with a new stylesheet
+    links it there by its hash; the deploy put it on lb1 before the first switch, lb1 serves it
+    with immutable caching, and the earlier releases' files stay there, none rewritten."""
+    static = "/var/www/my_service-static/build"
+    before = fleet.lb.sh(f"cd {static} && find . -type f -printf '%p %T@\\n' | sort")
+    assert "./css/site." in before
+    css = fleet.project / "static" / "css" / "site.css"
+    css.write_text(css.read_text() + "\n/* the fourth release */\n")
+    commit(fleet.project, "fourth release, a new stylesheet")
+    result = fleet.make("deploy")
+    output = result.stdout
+    uploaded = output.index("TASK [Put the hashed static files on the load balancers")
+    assert uploaded < output.index("TASK [Switch, reload and verify"), output[-3000:]
+    href = stylesheet_of(fleet, fleet.hosts[0])
+    assert href.startswith(f"http://{fleet.lb.address}/static/build/css/site.")
+    assert "./" + href.split("/static/build/")[1] not in before
+    assert stylesheet_of(fleet, fleet.hosts[1]) == href
+    headers = subprocess.run(["curl", "-sfi", href], capture_output=True, text=True, timeout=30).stdout
+    assert headers.startswith("HTTP/1.1 200") and "immutable" in headers and "the fourth release" in headers
+    after = fleet.lb.sh(f"cd {static} && find . -type f -printf '%p %T@\\n' | sort").splitlines()
+    assert set(before.splitlines()) <= set(after), "a file of an earlier release was removed or rewritten"
 
 
 def test_tasks_sent_through_both_hosts_run_exactly_once_on_the_shared_broker(fleet):

@@ -1,4 +1,5 @@
 from {{ cookiecutter.project_slug }} import db, settings
+from {{ cookiecutter.project_slug }}.app import create_app
 
 
 def test_index_links_a_hashed_stylesheet_that_exists(client):
@@ -8,6 +9,18 @@ def test_index_links_a_hashed_stylesheet_that_exists(client):
     href = response.text.split('rel="stylesheet" href="')[1].split('"')[0]
     assert href.startswith("/static/build/css/site.") and href.endswith(".css")
     assert (settings.STATIC_ROOT / href.removeprefix("/static/")).is_file()
+
+
+def test_a_cdn_static_url_serves_the_hashed_files_and_its_origin_is_allowed(monkeypatch):
+    """STATIC_URL on a CDN: pages link the same hashed names there, and their own
+    Content-Security-Policy lets the browser load them (nginx's same-origin one would not)."""
+    monkeypatch.setattr(settings, "STATIC_URL", "https://cdn.example.net/assets/")
+    response = create_app().test_client().get("/", headers={"Host": settings.ALLOWED_HOSTS[0]})
+    href = response.text.split('rel="stylesheet" href="')[1].split('"')[0]
+    assert href.startswith("https://cdn.example.net/assets/build/css/site.") and href.endswith(".css")
+    assert (settings.STATIC_ROOT / href.removeprefix("https://cdn.example.net/assets/")).is_file()
+    policy = response.headers["Content-Security-Policy"]
+    assert policy.startswith("default-src 'self' https://cdn.example.net;"), policy
 
 
 def test_health_reports_release_and_dependencies(client):

@@ -35,6 +35,11 @@ def _url_scheme(*schemes):
             raise ValidationError(f"Expected a URL starting with {' or '.join(schemes)}://")
 
     return validate
+
+
+def _static_url(value):
+    if not value.endswith("/") or not value.startswith(("/", "https://", "http://")):
+        raise ValidationError("Expected a path or an http(s):// URL ending with /, like /static/")
 {%- if cookiecutter.use_sentry %}
 
 
@@ -70,6 +75,10 @@ TMP_DIR = STATE_DIR / "tmp"
 # make_state_dirs(), bin/serve and bin/deploy through `python -m <package>.settings --make-dirs`.
 STATE_DIRS = (RUN_DIR, LOG_DIR, DATA_DIR, STATIC_ROOT, MEDIA_ROOT, TMP_DIR)
 DEPLOY_ROOT = BASE_DIR / env.path("DEPLOY_ROOT", STATE_DIR / "deploy")
+# Where pages load the hashed static files from: /static/ on this site (nginx serves STATIC_ROOT),
+# or a CDN (https://cdn.example.com/static/) whose origin is the load balancers, where every
+# deploy puts the release's hashed files before any host switches.
+STATIC_URL = env.str("STATIC_URL", "/static/", validate=_static_url)
 # `make doctor` fails when the state directory or the deploy root has less free disk than this.
 DISK_FREE_MIN_MB = env.int("DISK_FREE_MIN_MB", 500, validate=Range(min=0))
 # Written per host by `make provision HOSTS=` (deploy/ansible/templates/env.j2), never by hand:
