@@ -56,8 +56,9 @@ def reload_windows(host, since):
     """[(start, end)] of each chain reload on the host since `since` (uWSGI's journal lines)."""
     journal = host.sh(f"journalctl -u my_service --no-pager -o short-unix --since=@{int(since)}")
     # A chain reload replaces worker 1 first; until "complete" the host serves both releases.
-    starts = [float(line.split()[0]) for line in journal.splitlines() if "chain next victim is worker 1" in line]
-    ends = [float(line.split()[0]) for line in journal.splitlines() if "chain reloading complete" in line]
+    lines = journal.splitlines()
+    starts = [float(line.split()[0]) for line in lines if "chain next victim is worker 1" in line]
+    ends = [float(line.split()[0]) for line in lines if "chain reloading complete" in line]
     assert len(starts) == len(ends), journal[-3000:]
     return list(zip(starts, ends, strict=True))
 
