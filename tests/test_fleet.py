@@ -122,6 +122,24 @@ def test_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(fleet)
     print(f"browser-like resends after a closed keep-alive connection: {load.resent}")
 
 
+# Appended to wsgi.py: the app as uWSGI serves it answers /health with 503; the deploy's throwaway
+# check (the Flask app without uWSGI) still passes.
+UNHEALTHY_UNDER_UWSGI = """
+try:
+    import uwsgi  # noqa: F401
+
+    _app = application
+
+    def application(environ, start_response):
+        if environ["PATH_INFO"] != "/health":
+            return _app(environ, start_response)
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"unhealthy under uWSGI"]
+except ImportError:
+    pass
+"""
+
+
 def test_a_release_unhealthy_under_uwsgi_stops_the_roll_at_the_first_host(fleet):
     """A release that passes its checks in a throwaway process but whose /health fails once uWSGI
     serves it: web1 is switched back, the roll stops before web2, which never changed, the last
@@ -129,10 +147,7 @@ def test_a_release_unhealthy_under_uwsgi_stops_the_roll_at_the_first_host(fleet)
     before, revisions = fleet.current(), fleet.revisions()
     wsgi = fleet.project / "my_service" / "wsgi.py"
     source = wsgi.read_text()
-    wsgi.write_text(
-        source + "\ntry:\n    import uwsgi  # noqa: F401\n    application.view_functions['health'] = "
-        "lambda: ('unhealthy under uWSGI', 503)\nexcept ImportError:\n    pass\n"
-    )
+    wsgi.write_text(source + UNHEALTHY_UNDER_UWSGI)
     commit(fleet.project, "a release whose health fails under uWSGI only")
     try:
         result, load = through_the_balancer(fleet, "deploy", check=False)
@@ -276,3 +291,17 @@ def test_every_host_runs_the_same_release_built_here_once(fleet):
     assert sums[0] == sums[1] and "./wheels/uwsgi-" in sums[0] and "./static-build/" in sums[0]
     for host in fleet.hosts:
         assert host.sh("command -v gcc cc || echo none") == "none"
+
+
+def test_a_second_deploy_meanwhile_is_refused_by_the_fleet_lock_until_unlocked(fleet):
+    """A deploy or rollback in progress (its lock on the primary) stops another at once, naming
+    who holds it, and nothing changes; `make unlock` frees a lock that a killed run left."""
+    web1 = fleet.hosts[0]
+    web1.sh(f"mkdir {APP_ROOT}/fleet.lock && echo 'ops@laptop since 12:00' > {APP_ROOT}/fleet.lock/holder")
+    before = fleet.current()
+    refused = fleet.make("rollback", check=False)
+    assert refused.returncode != 0
+    assert "another deploy or rollback holds" in refused.stdout and "ops@laptop since 12:00" in refused.stdout
+    assert fleet.current() == before
+    fleet.make("unlock")
+    assert web1.sh(f"test -e {APP_ROOT}/fleet.lock && echo held || echo free") == "free"
