@@ -1,0 +1,623 @@
+"""Does a rolling deploy over 2 or 3 web hosts behind the load balancer go unnoticed by its clients?
+
+One run boots two lab fleets side by side (scripts/lab, as tests/test_fleet.py does): N = 2 and N = 3
+web hosts of Debian bookworm behind lb1, sharing the lab's PostgreSQL and Redis; each gets the default
+service baked, `make provision` and a first deploy (untimed). Then, per round (--runs, the order of
+the two fleets rotated per round), a new release is committed and `make deploy HOSTS=<inventory>` runs
+while CLIENTS keep-alive clients send GET /, POST /notes {"text": ...} and GET /notes in turn through
+lb1. The deploy starts BASELINE s into the load (the WARMUP s before that are not counted) and the
+load goes on AFTER s past its end. The alternatives are the fleet sizes: with N hosts each batch
+(deploy_serial = 1) takes 1/N of the capacity out of rotation, and the roll lasts N batches.
+
+Load: threads of http.client in this process, each paced to RATE / CLIENTS requests/s (a request
+that is late is sent at once, with no catching up). Back to back (--rate 0) the clients alone fill
+both cores, and every CPU second the deploy spends here (the artifact's build, ansible) would show
+as latency; a paced load measures a service with headroom. Each request's start, latency and outcome
+are recorded. As a browser does (and tests/e2e/load.py with resend=True), a request that a reused
+keep-alive connection lost before any byte of its answer is sent once more on a new connection:
+nginx closes idle keep-alive connections when lb1 reloads, which it does twice per batch. Those
+resends are counted apart; they are not failures. Any other exception, and any answer outside 2xx,
+is a failed request. A side thread per web host polls its own nginx (http://<host>/health with
+Host: example.com, so not through lb1) at 1/POLL Hz for the release it serves; one ssh session to
+lb1 prints its upstream.conf at the same rate: a host marked `down` there is out of rotation (the
+playbook writes the mark, then reloads lb1's nginx and waits for its old workers: the mark leads
+the actual rotation by up to that reload). Reading lb1's access log afterwards would show which host
+answered each request, but not the moments a host left and rejoined the rotation.
+
+Reading the result: one row per fleet size and round, then a median row per size (its failed and
+resends columns are totals). `deploy s` is the wall time of `make deploy` (the artifact's build
+here, unpacking and preparing on every host, then the roll); `roll s` runs from the first `down`
+mark seen to the poll that saw no host marked again (if no mark was seen: the whole deploy).
+Latencies (ms) are of requests started in the baseline window (the BASELINE s before the deploy)
+and of requests in flight at any moment of the roll. `new on all s` is when, counted from the
+deploy's start, every host's /health had shown the new release. Targets (from the issue): 0 failed
+requests and roll p99 <= 2 x baseline p99; `meets` also asks that the deploy exited 0 and every
+host serves the new release afterwards. The PNG shows, per fleet size, the round with the median
+roll p99: every request's latency over time (log scale; resends in orange, failures as red
+crosses) with the baseline, deploy and roll windows shaded, and below it the release each host's
+/health answered (grey: the previous one, green: the new one, red: no answer) with its
+out-of-rotation intervals hatched. Everything (lab hosts, PostgreSQL, Redis, ansible, the load)
+shares this machine's cores: loadavg per round is in the JSON, and compare the sizes within a run.
+Every result names the commit it measured (bench/provenance.py): a tree with uncommitted changes is
+refused unless --allow-dirty, and then the results are marked DIRTY. The lab needs root.
+
+    .tools/bin/python bench/fleet.py [--runs R] [--rate REQ_PER_S] [--clients C] [--allow-dirty]
+    # writes bench/results/fleet.{json,md,png}
+"""
+
+import argparse
+import collections
+import contextlib
+import http.client
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import provenance
+from bake import REPO, RESULTS, machine_facts, render, run
+
+SIZES = (2, 3)  # web hosts per fleet
+CLIENTS, RATE = 10, 50.0  # keep-alive clients through lb1, requests/s in all (0: back to back)
+WARMUP, BASELINE, AFTER = 2.0, 10.0, 3.0  # s: load not counted, baseline window, load after the deploy
+POLL, TIMEOUT, DEPLOY_TIMEOUT = 0.2, 30.0, 900.0  # s: /health and upstream poll, request, deploy
+TARGET_RATIO = 2.0  # roll p99 <= TARGET_RATIO x baseline p99
+UPSTREAM = "/etc/nginx/my_service-lb/upstream.conf"
+# The table's columns of each round (and of the median rows).
+COLUMNS = ("requests", "failed", "resends", "deploy_s", "roll_s", "new_on_all_s", "base", "roll", "p99_ratio")
+
+
+def helpers():
+    """The test suite's lab helpers (tests/test_ansible.py) and its conftest, imported outside pytest."""
+    for path in (REPO / "tests", REPO / "tests" / "e2e"):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    import conftest
+    import test_ansible
+
+    return test_ansible, conftest
+
+
+class Load:
+    """`clients` keep-alive clients sending REQUESTS in turn to host:80, paced to `rate` requests/s in
+    all, until stop() or max_seconds; records (start, latency, error or None, resent) per request."""
+
+    def __init__(self, host, requests, clients, rate, max_seconds):
+        self.host, self.requests, self.clients, self.rate = host, requests, clients, rate
+        self.deadline = time.monotonic() + max_seconds
+        self.records, self.stopped = [], threading.Event()
+        self.threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)]
+
+    def connect(self):
+        return http.client.HTTPConnection(self.host, 80, timeout=TIMEOUT)
+
+    def exchange(self, connection, method, path, payload):
+        """(status, connection, resent): a request that a reused connection lost before any byte of
+        its answer is sent once more on a new one (RFC 9112 9.3.1), as tests/e2e/load.py does."""
+        headers = {"Content-Type": "application/json"}
+        reused = connection.sock is not None
+        try:
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+            resent = False
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            if not reused:
+                raise
+            connection.close()
+            connection = self.connect()
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+            resent = True
+        response.read()
+        return response.status, connection, resent
+
+    def client(self, index):
+        interval = self.clients / self.rate if self.rate else 0.0
+        connection, sent = self.connect(), index
+        next_at = time.monotonic() + interval * index / self.clients
+        while not self.stopped.is_set() and time.monotonic() < self.deadline:
+            if self.stopped.wait(max(0.0, next_at - time.monotonic())):
+                break
+            method, path, *body = self.requests[sent % len(self.requests)]
+            sent += 1
+            payload = json.dumps(body[0]).encode() if body else None
+            start, resent = time.monotonic(), False
+            try:
+                status, connection, resent = self.exchange(connection, method, path, payload)
+                error = None if 200 <= status < 300 else f"{method} {path}: {status}"
+            except Exception as exception:  # every exception is a failed request
+                error = f"{method} {path}: {exception!r}"
+                connection.close()
+                connection = self.connect()
+            self.records.append((start, time.monotonic() - start, error, resent))
+            next_at = max(next_at + interval, time.monotonic())
+        connection.close()
+
+    def start(self):
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self):
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(timeout=TIMEOUT + 5)
+        if any(thread.is_alive() for thread in self.threads):
+            raise RuntimeError(f"load threads still running {TIMEOUT + 5:g} s after the stop")
+
+
+def poll_release(address, stopped, deadline, polls):
+    """GET /health from the host's own nginx every POLL s; records (time, release or what failed)."""
+    connection = http.client.HTTPConnection(address, 80, timeout=2)
+    while not stopped.is_set() and (now := time.monotonic()) < deadline:
+        try:
+            connection.request("GET", "/health", headers={"Host": "example.com"})
+            response = connection.getresponse()
+            body = response.read()
+            value = json.loads(body).get("release") or f"HTTP {response.status}"
+        except Exception as error:  # an unanswered poll is a fact to plot
+            value = f"error: {type(error).__name__}"
+            connection.close()
+        polls.append((time.monotonic(), value))
+        stopped.wait(max(0.0, now + POLL - time.monotonic()))
+    connection.close()
+
+
+def watch_upstream(lb, seconds, marks):
+    """An ssh session printing lb1's upstream.conf every POLL s for at most `seconds`, and a thread
+    recording (time, {addresses marked down}); returns (Popen, thread)."""
+    script = (
+        f"end=$((SECONDS + {int(seconds)})); while [ $SECONDS -lt $end ]; do "
+        f"f=$(< {UPSTREAM}); echo \"$EPOCHREALTIME ${{f//$'\\n'/|}}\"; sleep {POLL}; done"
+    )
+    ssh = subprocess.Popen(
+        [*lb.ssh_command, "bash", "-c", shlex.quote(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    # The lab's hosts are containers on this machine's kernel: their clock is this one.
+    offset = time.time() - time.monotonic()
+
+    def read():
+        for line in ssh.stdout:
+            stamp, _, conf = line.strip().partition(" ")
+            with contextlib.suppress(ValueError):
+                down = {e.split()[1].split(":")[0] for e in conf.split("|") if e.strip().endswith(" down;")}
+                marks.append((float(stamp) - offset, down))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return ssh, reader
+
+
+def stop_process(process):
+    """TERM the process (by its pid), KILL it if it is still there 10 s later."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def one_round(ta, fleet, names, clients, rate):
+    """Commit a release; deploy it under load through lb1; return (records, polls, marks, times, result)."""
+    revision = ta.commit(fleet.project, f"release {time.time():.0f}")
+    seconds = WARMUP + BASELINE + DEPLOY_TIMEOUT + AFTER + 30  # every load and poll stops by itself
+    load = Load(fleet.lb.address, ta.REQUESTS, clients, rate, seconds)
+    stopped, deadline = threading.Event(), time.monotonic() + seconds
+    polls = {name: [] for name in names}
+    pollers = [
+        threading.Thread(target=poll_release, args=(host.address, stopped, deadline, polls[name]))
+        for name, host in zip(names, fleet.hosts, strict=True)
+    ]
+    marks = []
+    ssh, reader = watch_upstream(fleet.lb, seconds, marks)
+    t_load = time.monotonic()
+    try:
+        load.start()
+        for poller in pollers:
+            poller.start()
+        time.sleep(WARMUP + BASELINE)
+        t_deploy = time.monotonic()
+        result = fleet.make("deploy", check=False, timeout=DEPLOY_TIMEOUT)  # sh()'s timeout
+        t_done = time.monotonic()
+        time.sleep(AFTER)
+    finally:
+        stopped.set()
+        load.stop()
+        for poller in pollers:
+            if poller.is_alive():
+                poller.join(timeout=10)
+        stop_process(ssh)
+        reader.join(timeout=10)
+    times = {"load": t_load, "deploy": t_deploy, "done": t_done, "end": time.monotonic()}
+    return revision, load.records, polls, marks, times, result
+
+
+def percentiles(latencies):
+    """p50, p99 and max in ms (None for no request)."""
+    values = sorted(latencies)
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    at = [values[int(q * (len(values) - 1))] for q in (0.5, 0.99)] + [values[-1]]
+    return {key: round(1000 * value, 1) for key, value in zip(("p50", "p99", "max"), at, strict=True)}
+
+
+def segments(samples, end):
+    """[(start, end, value)] of consecutive equal values in time-ordered samples."""
+    found = []
+    for (t, value), nxt in zip(samples, [*samples[1:], (end, None)], strict=True):
+        if found and found[-1][2] == value:
+            found[-1][1] = nxt[0]
+        else:
+            found.append([t, nxt[0], value])
+    return found
+
+
+def analyse(revision, previous, records, polls, marks, times, addresses):
+    """The round's figures; times in s since the deploy's start, latencies in ms."""
+    t_deploy, t_done, t_end = times["deploy"], times["done"], times["end"]
+
+    def rel(t):
+        return round(t - t_deploy, 2)
+
+    down_at = [t for t, down in marks if down]
+    if down_at:
+        roll_start = down_at[0]
+        roll_end = next((t for t, down in marks if t > down_at[-1] and not down), t_done)
+    else:
+        roll_start, roll_end = t_deploy, t_done
+    base = [lat for s, lat, *_ in records if t_deploy - BASELINE <= s < t_deploy]
+    roll = [lat for s, lat, *_ in records if s < roll_end and s + lat > roll_start]
+    deploy = [lat for s, lat, *_ in records if s < t_done and s + lat > t_deploy]
+    errors = [(rel(s), error) for s, _, error, _ in records if error]
+    hosts = {}
+    for name, samples in polls.items():
+        down = [(t, addresses[name] in d) for t, d in marks]
+        seen_new = [t for t, value in samples if value == revision]
+        hosts[name] = {
+            "address": addresses[name],
+            "releases": [[rel(a), rel(b), v] for a, b, v in segments(samples, t_end)],
+            "out_of_rotation": [[rel(a), rel(b)] for a, b, v in segments(down, t_end) if v],
+            "first_new_s": rel(seen_new[0]) if seen_new else None,
+            "last_other_s": rel(max((t for t, v in samples if v != revision), default=t_deploy)),
+        }
+    firsts = [h["first_new_s"] for h in hosts.values()]
+    figures = {
+        "revision": revision,
+        "previous": previous,
+        "requests": len(records),
+        "failed": len(errors),
+        "resends": sum(1 for r in records if r[3]),
+        "failures": dict(collections.Counter(error for _, error in errors)),
+        "failed_at_s": errors[:20],
+        "deploy_s": round(t_done - t_deploy, 2),
+        "roll_start_s": rel(roll_start),
+        "roll_end_s": rel(roll_end),
+        "roll_s": round(roll_end - roll_start, 2),
+        "roll_from": "upstream.conf down marks" if down_at else "the whole deploy (no down mark seen)",
+        "new_on_all_s": None if None in firsts else max(firsts),
+        "base": percentiles(base),
+        "roll": percentiles(roll),
+        "deploy": percentiles(deploy),
+        "base_requests": len(base),
+        "roll_requests": len(roll),
+        "hosts": hosts,
+    }
+    ratio = (figures["roll"]["p99"] or 0) / figures["base"]["p99"] if figures["base"]["p99"] else None
+    figures["p99_ratio"] = None if ratio is None else round(ratio, 2)
+    return figures
+
+
+def timeline(records, t_deploy):
+    """Per 100 ms of request starts since the deploy's start: [t, requests, failed, resends, p50, max]."""
+    buckets = collections.defaultdict(list)
+    for s, lat, error, resent in records:
+        buckets[round(s - t_deploy, 1)].append((lat, error, resent))
+    return [
+        [
+            t,
+            len(b),
+            sum(1 for _, e, _ in b if e),
+            sum(1 for *_, r in b if r),
+            round(statistics.median(x for x, *_ in b), 4),
+            round(max(x for x, *_ in b), 4),
+        ]
+        for t, b in sorted(buckets.items())
+    ]
+
+
+def prepare(ta, fleet, size):
+    """Provision a booted fleet and deploy a first release (untimed)."""
+    print(f"  {size} web hosts + lb1 booted ({', '.join(h.address for h in fleet.hosts)})")
+    fleet.make("provision")
+    fleet.previous = ta.commit(fleet.project, "first release")
+    fleet.make("deploy")
+    print(f"  {size} web hosts: provisioned, first release {fleet.previous} deployed")
+    return fleet, [f"web{i + 1}" for i in range(size)]
+
+
+def measure(ta, runs, clients, rate, base):
+    """Both fleets side by side, `runs` rounds each (order rotated per round); returns the raw runs.
+    Each lab is removed on the way out (lab_fleet's finally), also after an error."""
+    raw = {str(size): [] for size in SIZES}
+    with contextlib.ExitStack() as stack:
+        fleets = {}
+        for size in SIZES:
+            (base / f"n{size}").mkdir()
+            fleet = stack.enter_context(ta.lab_fleet(base / f"n{size}", "bookworm", size, lb=True))
+            fleets[size] = prepare(ta, fleet, size)
+        for round_no in range(runs):
+            order = SIZES[round_no % len(SIZES) :] + SIZES[: round_no % len(SIZES)]
+            for size in order:
+                fleet, names = fleets[size]
+                loadavg = os.getloadavg()
+                revision, records, polls, marks, times, result = one_round(ta, fleet, names, clients, rate)
+                addresses = {name: host.address for name, host in zip(names, fleet.hosts, strict=True)}
+                figures = analyse(revision, fleet.previous, records, polls, marks, times, addresses)
+                final = fleet.revisions()
+                figures.update(
+                    size=size,
+                    round=round_no + 1,
+                    loadavg=loadavg,
+                    deploy_rc=result.returncode,
+                    serving_after=final,
+                    converged=set(final.values()) == {revision},
+                    timeline=timeline(records, times["deploy"]),
+                )
+                if result.returncode != 0:
+                    figures["deploy_tail"] = (result.stdout + result.stderr)[-3000:]
+                figures["meets"] = meets(figures)
+                figures["_records"] = [(s - times["deploy"], lat, e, r) for s, lat, e, r in records]
+                raw[str(size)].append(figures)
+                fleet.previous = revision
+                shown = {k: figures[k] for k in ("deploy_s", "roll_s", "failed", "resends", "p99_ratio")}
+                base_roll = f"{figures['base']} -> {figures['roll']}"
+                print(
+                    f"  round {round_no + 1}/{runs}  N={size}  {shown}  {base_roll}  meets={figures['meets']}"
+                )
+                for error, count in figures["failures"].items():
+                    print(f"    failed {count}x: {error}")
+    return raw
+
+
+def meets(figures):
+    base, roll = figures["base"]["p99"], figures["roll"]["p99"]
+    fast = base is not None and roll is not None and roll <= TARGET_RATIO * base
+    return figures["failed"] == 0 and fast and figures["deploy_rc"] == 0 and figures["converged"]
+
+
+def summarize(raw):
+    """A row per size and round, then a median row per size (failed and resends: totals)."""
+    rows = []
+    for size, runs in raw.items():
+        for r in runs:
+            rows.append({"size": size, "round": str(r["round"]), **{k: r[k] for k in COLUMNS}})
+            rows[-1]["meets"] = "yes" if r["meets"] else "no"
+        median = {"size": size, "round": "median"}
+        for key in COLUMNS:
+            values = [r[key] for r in runs]
+            if key in ("failed", "resends", "requests"):
+                median[key] = sum(values) if key != "requests" else statistics.median(values)
+            elif isinstance(values[0], dict):
+                median[key] = {
+                    q: statistics.median(v[q] for v in values if v[q] is not None)
+                    if any(v[q] is not None for v in values)
+                    else None
+                    for q in values[0]
+                }
+            else:
+                present = [v for v in values if v is not None]
+                median[key] = statistics.median(present) if present else None
+        median["meets"] = f"{sum(r['meets'] for r in runs)}/{len(runs)}"
+        rows.append(median)
+    return rows
+
+
+def table(rows, markdown=False):
+    """The rows as an aligned text table, or as a Markdown table."""
+    head = ["N", "round", "requests", "failed", "resends", "deploy s", "roll s", "new on all s"]
+    head += ["base p50", "base p99", "base max", "roll p50", "roll p99", "roll max", "p99 ratio", "meets"]
+
+    def show(value, form="{:.1f}"):
+        return "-" if value is None else form.format(value)
+
+    body = []
+    for r in rows:
+        row = [r["size"], r["round"], f"{r['requests']:.0f}", str(r["failed"]), str(r["resends"])]
+        row += [show(r["deploy_s"]), show(r["roll_s"]), show(r["new_on_all_s"])]
+        row += [show(r[w][q]) for w in ("base", "roll") for q in ("p50", "p99", "max")]
+        body.append([*row, show(r["p99_ratio"], "{:.2f}"), r["meets"]])
+    return render(head, body, markdown)
+
+
+def plot(raw, facts, path):
+    """Per size, the round with the median roll p99: latency over time, and the release per host."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig = plt.figure(figsize=(7 * len(raw), 8.5))
+    grid = fig.add_gridspec(2, len(raw), height_ratios=[3, 1.4])
+    first = None
+    for col, (size, runs) in enumerate(raw.items()):
+        r = sorted(runs, key=lambda r: r["roll"]["p99"] or 0)[len(runs) // 2]
+        ax = fig.add_subplot(grid[0, col], sharey=first)
+        first = first or ax
+        hosts_ax = fig.add_subplot(grid[1, col], sharex=ax)
+        records = r["_records"]
+        ok = [(s, lat) for s, lat, e, resent in records if not e and not resent]
+        resent = [(s, lat) for s, lat, e, was in records if not e and was]
+        bad = [(s, lat) for s, lat, e, _ in records if e]
+        ax.axvspan(-BASELINE, 0, color="tab:blue", alpha=0.07, label="baseline window")
+        ax.axvspan(0, r["deploy_s"], color="tab:olive", alpha=0.08, label="make deploy")
+        ax.axvspan(r["roll_start_s"], r["roll_end_s"], color="tab:olive", alpha=0.18, label="roll")
+        if ok:
+            ax.scatter(*zip(*ok, strict=True), s=2, color="tab:blue", alpha=0.4, lw=0, label="request")
+        if resent:
+            ax.scatter(*zip(*resent, strict=True), s=9, color="tab:orange", label="resent (connection lost)")
+        if bad:
+            ax.scatter(*zip(*bad, strict=True), s=25, marker="x", color="red", label="failed")
+        if r["base"]["p99"]:
+            p99 = r["base"]["p99"] / 1000
+            ax.axhline(p99, color="tab:gray", ls=":", lw=1, label="baseline p99")
+            ax.axhline(TARGET_RATIO * p99, color="tab:red", ls="--", lw=0.8, label="target: 2 x baseline p99")
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (s)")
+        ax.grid(alpha=0.3, which="both")
+        ax.tick_params(labelbottom=False)
+        ax.set_title(
+            f"{size} web hosts, round {r['round']}: deploy {r['deploy_s']:.0f} s, roll {r['roll_s']:.0f} s; "
+            f"{r['failed']} failed, {r['resends']} resent of {r['requests']}\n"
+            f"p99 {r['base']['p99']} ms before, {r['roll']['p99']} ms during the roll "
+            f"(x{r['p99_ratio']})",
+            fontsize=9,
+        )
+        names = list(r["hosts"])
+        for i, name in enumerate(names):
+            h = r["hosts"][name]
+            for start, end, value in h["releases"]:
+                color = {r["revision"]: "tab:green", r["previous"]: "silver"}.get(value, "tab:red")
+                hosts_ax.broken_barh([(start, end - start)], (i - 0.35, 0.7), color=color)
+            spans = [(a, b - a) for a, b in h["out_of_rotation"]]
+            hosts_ax.broken_barh(spans, (i - 0.35, 0.7), facecolor="none", edgecolor="black", hatch="///")
+        hosts_ax.set_yticks(range(len(names)), names)
+        hosts_ax.set_ylim(len(names) - 0.5, -0.5)
+        hosts_ax.axvline(0, color="black", lw=0.8)
+        hosts_ax.axvline(r["deploy_s"], color="black", lw=0.8)
+        hosts_ax.set_xlabel("seconds since `make deploy` started")
+        hosts_ax.legend(
+            handles=[
+                Patch(color="silver", label=f"previous release {r['previous']}"),
+                Patch(color="tab:green", label=f"new release {r['revision']}"),
+                Patch(color="tab:red", label="/health unanswered"),
+                Patch(facecolor="none", edgecolor="black", hatch="///", label="out of rotation (lb1)"),
+            ],
+            fontsize=7,
+            loc="upper left",
+            ncol=2,
+        )
+        ax.legend(fontsize=7, loc="upper left", ncol=2, markerscale=2)
+    fig.tight_layout()
+    provenance.mark_figure(fig, facts)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_results(facts, rows, raw, runs):
+    """Write bench/results/fleet.json (facts, summary, per-round figures and timelines), .md, .png."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot(raw, facts, RESULTS / "fleet.png")
+    clean = {size: [{k: v for k, v in r.items() if k != "_records"} for r in rs] for size, rs in raw.items()}
+    report = {
+        **facts,
+        "loadavg_end": os.getloadavg(),
+        "runs": runs,
+        "summary": rows,
+        "timeline_columns": ["t_since_deploy_s", "requests", "failed", "resends", "median_s", "max_s"],
+        "raw": clean,
+    }
+    (RESULTS / "fleet.json").write_text(json.dumps(report, indent=1) + "\n")
+    all_runs = [r for rs in raw.values() for r in rs]
+    failed = sum(r["failed"] for r in all_runs)
+    fast = sum(1 for r in all_runs if r["p99_ratio"] is not None and r["p99_ratio"] <= TARGET_RATIO)
+    met = (
+        f"0 failed requests: {'met' if failed == 0 else f'NOT met ({failed} failed)'}; "
+        f"roll p99 <= {TARGET_RATIO:g} x baseline p99: met in {fast} of {len(all_runs)} rounds; "
+        f"all targets (and deploy exit 0, every host on the new release) in "
+        f"{sum(r['meets'] for r in all_runs)} of {len(all_runs)} rounds."
+    )
+    errors = collections.Counter()
+    for r in all_runs:
+        errors.update(r["failures"])
+    listed = "".join(f"- {count} x `{error}`\n" for error, count in errors.most_common(10))
+    loads = ", ".join(f"{r['loadavg'][0]:.1f}" for r in all_runs)
+    text = (
+        f"# Rolling deploys through the load balancer\n\n{facts['date']}, {provenance.describe(facts)}, "
+        f"{facts['nproc']} cores, Python {facts['python']}; lab hosts Debian bookworm, one fleet per "
+        f"size booted side by side; {runs} rounds per size (order rotated). Load through lb1: "
+        f"{facts['load']}. Baseline: the {BASELINE:g} s before `make deploy`. Latencies in ms. Machine "
+        f"load average (1 min) at each round's start: {loads}; at the start {facts['loadavg_start'][0]:.1f}, "
+        f"at the end {report['loadavg_end'][0]:.1f}. See bench/fleet.py for how to read the columns.\n\n"
+        f"{table(rows, markdown=True)}\nTargets: {met}\n\n"
+        + (f"Failed requests:\n\n{listed}\n" if listed else "")
+        + "![latency and releases over time](fleet.png)\n"
+    )
+    (RESULTS / "fleet.md").write_text(provenance.with_banner(text, facts))
+    print(f"\nTargets: {met}")
+    print(f"wrote {RESULTS / 'fleet.json'}, {RESULTS / 'fleet.md'} and {RESULTS / 'fleet.png'}")
+
+
+def lab_problems():
+    """What keeps the lab from booting here (scripts/lab's needs), as one line; empty when none."""
+    problems = [] if os.geteuid() == 0 else ["the lab needs root"]
+    problems += [f"{t} not found" for t in ("systemd-nspawn", "mmdebstrap", "rsync") if not shutil.which(t)]
+    return "; ".join(problems)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2, help="rounds per fleet size (default 2)")
+    parser.add_argument(
+        "--rate", type=float, default=RATE, help=f"requests/s in all, 0: back to back ({RATE:g})"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=CLIENTS, help=f"keep-alive clients (default {CLIENTS})"
+    )
+    provenance.add_option(parser)
+    args = parser.parse_args()
+    commit = provenance.check(args.allow_dirty)
+    if problems := lab_problems():
+        sys.exit(f"error: {problems}: bench/fleet.py boots lab hosts (scripts/lab), run it as root")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        sys.exit("matplotlib is missing: .tools/bin/python -m pip install -r bench/requirements.txt")
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens, also in a log file
+    # A TERM ends the run through the finally clauses that remove the labs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: terminated"))
+    ta, conftest = helpers()
+    run([REPO / "scripts/wheelhouse"], 600, env={**os.environ, "PYTHON": sys.executable})
+    # As the test suite's session fixture: the bakes find uWSGI in the wheelhouse, nothing leaks in.
+    for key in list(os.environ):
+        if key.startswith(("SENTRY_", "CELERY_")) or key in {"STATE_DIR", "DATABASE_URL", "ENV_FILE"}:
+            del os.environ[key]
+    os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"] = str(conftest.WHEELHOUSE)
+    pace = f"paced to {args.rate:g} requests/s in all" if args.rate else "back to back"
+    facts = {
+        **commit,
+        **{k: v for k, v in machine_facts().items() if k != "warm_up"},
+        "load": f"{args.clients} keep-alive http.client clients ({pace}), GET /, POST /notes, GET /notes",
+        "sizes": list(SIZES),
+        "target": f"0 failed, roll p99 <= {TARGET_RATIO:g} x baseline p99",
+    }
+    facts.update(warmup_s=WARMUP, baseline_s=BASELINE, after_s=AFTER, poll_s=POLL, rate=args.rate)
+    base = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    try:
+        raw = measure(ta, args.runs, args.clients, args.rate, base)
+    except (AssertionError, RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+        print(f"error: {str(error)[-3000:]}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    rows = summarize(raw)
+    provenance.recheck(facts)
+    print("\n" + provenance.with_banner(table(rows), facts))
+    write_results(facts, rows, raw, args.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
