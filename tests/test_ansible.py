@@ -137,7 +137,9 @@ def lab_fleet(base, release, count, lb=False, **answers):
         inventory = base / "inventory.ini"
         settings = f"\n[web:vars]\nenv_file={env_file}\n\n[all:vars]\nhost_python='{host_python}'\n"
         inventory.write_text("\n".join(lines) + settings)
-        yield Fleet(project, inventory, hosts, *balancer)
+        fleet = Fleet(project, inventory, hosts, *balancer)
+        fleet.lab = name
+        yield fleet
     finally:
         down = subprocess.run([LAB, "down", "--name", name], capture_output=True, text=True, timeout=300)
         assert down.returncode == 0, f"lab {name} was not removed: {down.stderr}"

@@ -169,11 +169,10 @@ def test_a_release_unhealthy_under_uwsgi_stops_the_roll_at_the_first_host(fleet)
 
 
 def veth_of(fleet, host):
-    """This machine's end of the host's link to the lab's bridge."""
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
-    name = re.search(rf"\d+: (vb-\w+-{host}|ve-\w+-{host})[@:]", links)
-    assert name, links
-    return name[1]
+    """This machine's end of the host's link to the lab's bridge (nspawn's vb-<machine>)."""
+    name = f"vb-{fleet.lab}-{host}"
+    assert subprocess.run(["ip", "link", "show", "dev", name], capture_output=True).returncode == 0, name
+    return name
 
 
 def test_a_host_cut_off_mid_deploy_fails_the_deploy_and_the_next_one_converges(fleet):
@@ -302,7 +301,7 @@ def test_every_host_runs_the_same_release_built_here_once(fleet):
         for path in web1.keys() ^ web2.keys()
         | {path for path in web1.keys() & web2.keys() if web1[path] != web2[path]}
     }
-    assert any(path.startswith("./wheels/uwsgi-") for path in web1)
+    assert any(path.lower().startswith("./wheels/uwsgi-") for path in web1)
     assert any(path.startswith("./static-build/build/") for path in web1)
     for host in fleet.hosts:
         assert host.sh("command -v gcc cc || echo none") == "none"
