@@ -65,6 +65,10 @@ from pathlib import Path
 import provenance
 from bake import REPO, RESULTS, machine_facts, render, run
 
+# The tests' request exchange (a request a reused keep-alive connection lost is sent once more).
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+import load
+
 SIZES = (2, 3)  # web hosts per fleet
 CLIENTS, RATE = 10, 50.0  # keep-alive clients through lb1, requests/s in all (0: back to back)
 WARMUP, BASELINE, AFTER = 2.0, 10.0, 3.0  # s: load not counted, baseline window, load after the deploy
@@ -99,26 +103,6 @@ class Load:
     def connect(self):
         return http.client.HTTPConnection(self.host, 80, timeout=TIMEOUT)
 
-    def exchange(self, connection, method, path, payload):
-        """(status, connection, resent): a request that a reused connection lost before any byte of
-        its answer is sent once more on a new one (RFC 9112 9.3.1), as tests/e2e/load.py does."""
-        headers = {"Content-Type": "application/json"}
-        reused = connection.sock is not None
-        try:
-            connection.request(method, path, body=payload, headers=headers)
-            response = connection.getresponse()
-            resent = False
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-            if not reused:
-                raise
-            connection.close()
-            connection = self.connect()
-            connection.request(method, path, body=payload, headers=headers)
-            response = connection.getresponse()
-            resent = True
-        response.read()
-        return response.status, connection, resent
-
     def client(self, index):
         interval = self.clients / self.rate if self.rate else 0.0
         connection, sent = self.connect(), index
@@ -131,7 +115,7 @@ class Load:
             payload = json.dumps(body[0]).encode() if body else None
             start, resent = time.monotonic(), False
             try:
-                status, connection, resent = self.exchange(connection, method, path, payload)
+                status, connection, resent = load.exchange(connection, self.connect, method, path, payload)
                 error = None if 200 <= status < 300 else f"{method} {path}: {status}"
             except Exception as exception:  # every exception is a failed request
                 error = f"{method} {path}: {exception!r}"

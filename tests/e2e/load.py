@@ -11,6 +11,29 @@ import threading
 import time
 
 
+def exchange(connection, connect, method, path, payload, resend=True):
+    """(status, connection, resent): with resend, a request that a reused connection lost before
+    any byte of the answer is sent once more on a new one (connect()), as browsers do (RFC 9112
+    9.3.1): a server may close an idle keep-alive connection at any moment (nginx does when it
+    reloads). Other exceptions propagate."""
+    headers = {"Content-Type": "application/json"}
+    reused = connection.sock is not None
+    try:
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        resent = False
+    except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+        if not (resend and reused):
+            raise
+        connection.close()
+        connection = connect()
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        resent = True
+    response.read()
+    return response.status, connection, resent
+
+
 class Load:
     """`threads` keep-alive clients loop `requests` ((method, path) or (method, path, JSON body), in
     turn) against 127.0.0.1:port until stopped or max_seconds passed; any answer but 200 (201 for a
@@ -28,27 +51,6 @@ class Load:
     def connect(self):
         return http.client.HTTPConnection(self.host, self.port, timeout=30)
 
-    def exchange(self, connection, method, path, payload):
-        """(status, connection): with resend, a request that a reused connection lost before any
-        byte of the answer is sent once more on a new one, as browsers do (RFC 9112 9.3.1): a server
-        may close an idle keep-alive connection at any moment (nginx does when it reloads)."""
-        headers = {"Content-Type": "application/json"}
-        reused = connection.sock is not None
-        try:
-            connection.request(method, path, body=payload, headers=headers)
-            response = connection.getresponse()
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-            if not (self.resend and reused):
-                raise
-            connection.close()
-            connection = self.connect()
-            with self.lock:
-                self.resent += 1
-            connection.request(method, path, body=payload, headers=headers)
-            response = connection.getresponse()
-        response.read()
-        return response.status, connection
-
     def client(self):
         connection, sent = self.connect(), 0
         while self.running and time.monotonic() < self.deadline:
@@ -57,7 +59,11 @@ class Load:
             expected = 201 if method == "POST" else 200
             try:
                 payload = json.dumps(body[0] if body else {}).encode() if method == "POST" else None
-                status, connection = self.exchange(connection, method, path, payload)
+                answer = exchange(connection, self.connect, method, path, payload, self.resend)
+                status, connection, resent = answer
+                if resent:
+                    with self.lock:
+                        self.resent += 1
                 outcome = status if status != expected else "ok"
             except Exception as error:  # every exception is a failed request
                 outcome = f"{method} {path}: {error!r}"
