@@ -71,3 +71,17 @@ def test_emperor_unit_is_sandboxed_as_far_as_tyrant_mode_allows(tmp_path):
     result = run_cookiecutter(tmp_path, "process_manager=emperor")
     assert result.returncode == 0, result.stderr
     assert exposure(tmp_path / "my_service" / "deploy" / "systemd" / "uwsgi-emperor.service") <= 2.5
+
+
+def test_systemctl_reload_outlasts_bin_reloads_own_timeout(tmp_path):
+    """systemd bounds ExecReload with TimeoutStartSec (there is no reload timeout of its own). A
+    shorter one kills bin/reload on a busy host mid-reload: `systemctl reload` fails and so does
+    the deploy, with no word on what stalled. bin/reload must give up first and say why."""
+    result = run_cookiecutter(tmp_path, "use_celery=true")
+    assert result.returncode == 0, result.stderr
+    unit = (tmp_path / "my_service" / "deploy" / "systemd" / "my_service.service").read_text()
+    reload = (tmp_path / "my_service" / "bin" / "reload").read_text()
+    assert "ExecReload=" in unit and "TimeoutSec=" not in unit
+    (start_timeout,) = re.findall(r"^TimeoutStartSec=(\d+)$", unit, flags=re.MULTILINE)
+    (reload_timeout,) = re.findall(r'"RELOAD_TIMEOUT", "(\d+)"', reload)
+    assert int(start_timeout) > int(reload_timeout) + 10
