@@ -24,6 +24,9 @@ TASKS = 250  # sent from each web host
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     with lab_fleet(tmp_path_factory.mktemp("fleet"), "bookworm", 2, lb=True) as fleet:
+        # Batches as a percentage: half of two hosts is one at a time (two would leave none in
+        # rotation, which the roll refuses).
+        fleet.inventory.write_text(fleet.inventory.read_text() + "deploy_serial=50%\n")
         fleet.make("provision")
         fleet.first = commit(fleet.project, "first release")
         fleet.make("deploy")
@@ -80,7 +83,7 @@ def assert_never_sent_to_a_reloading_host(fleet, since):
     assert {address for *_, address in requests} == {host.address for host in fleet.hosts}
 
 
-def test_provision_makes_lb1_the_load_balancer_of_both_web_hosts(fleet):
+def test_provision_makes_lb1_the_load_balancer_of_both_web_hosts_which_log_the_client(fleet):
     """lb1 balances over web1 and web2; each web host knows the fleet's size, and only the
     primary runs the cron jobs. A second provision changes nothing."""
     again = fleet.make("provision")
@@ -100,6 +103,19 @@ def test_provision_makes_lb1_the_load_balancer_of_both_web_hosts(fleet):
     assert headers.startswith("HTTP/1.1 200"), headers
     # The security headers once each: the web hosts' copies hidden, the load balancer's own sent.
     assert headers.lower().count("x-content-type-options: nosniff") == 1, headers
+    # The web hosts log the client (this machine, as lb1 saw it), not lb1: they believe lb1's
+    # X-Forwarded-For. A client's own X-Forwarded-For names nobody else.
+    client = fleet.lb.sh("tail -n 1 /var/log/nginx/my_service-lb.access.log").split()[0]
+    forged = subprocess.run(
+        ["curl", "-sf", "-H", "X-Forwarded-For: 192.0.2.9", f"http://{fleet.lb.address}/health?forged"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert forged.returncode == 0
+    grep = "grep -h 'GET /health' /var/log/nginx/access.log || true"
+    logged = "\n".join(host.sh(grep) for host in fleet.hosts)
+    assert [line.split()[0] for line in logged.splitlines() if "?forged" in line] == [client], logged
+    assert fleet.lb.address not in {line.split()[0] for line in logged.splitlines()}, logged
 
 
 def test_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(fleet):
