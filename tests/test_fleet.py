@@ -15,7 +15,7 @@ import time
 
 import pytest
 from e2e.load import Load
-from test_ansible import APP_ROOT, REQUESTS, commit, lab_fleet, recap
+from test_ansible import APP_ROOT, REQUESTS, assert_doctor_names_the_host_that_fails, commit, lab_fleet, recap
 
 pytestmark = [pytest.mark.lab, pytest.mark.venv]
 TASKS = 250  # sent from each web host
@@ -335,3 +335,9 @@ def test_a_second_deploy_meanwhile_is_refused_by_the_fleet_lock_until_unlocked(f
     assert fleet.current() == before
     fleet.make("unlock")
     assert web1.sh(f"test -e {APP_ROOT}/fleet.lock && echo held || echo free") == "free"
+
+
+def test_make_doctor_checks_each_web_host_and_names_the_host_that_fails(fleet):
+    """As on two hosts without a load balancer (tests/test_ansible.py): each web host is checked,
+    and a broken host fails its own check alone."""
+    assert_doctor_names_the_host_that_fails(fleet)
