@@ -130,10 +130,13 @@ def test_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(fleet)
     assert set(fleet.revisions().values()) == {second}
     # Migrations before the first host switches; the after-switch ones once the last is back.
     tasks = re.findall(r"^TASK \[([^\]]+)\]", result.stdout, flags=re.MULTILINE)
-    switches = [n for n, task in enumerate(tasks) if task.startswith("Switch, reload and verify")]
-    rejoined = [n for n, task in enumerate(tasks) if task.startswith("Put the batch back into rotation")]
+
+    def runs_of(name):
+        return [n for n, task in enumerate(tasks) if task.startswith(name)]
+
+    switches, rejoined = runs_of("Switch, reload and verify"), runs_of("Put the batch back into rotation")
     assert len(switches) == len(rejoined) == 2, tasks
-    migrated = [n for n, task in enumerate(tasks) if task.startswith("Migrate ")]
+    migrated = runs_of("Migrate ")
     assert len(migrated) == 2 and migrated[0] < switches[0] and migrated[1] > rejoined[-1], tasks
     assert_never_sent_to_a_reloading_host(fleet, since)
     assert "down" not in upstream_of(fleet)
