@@ -48,8 +48,8 @@ print(json.dumps(latencies))
 """
 
 
-def revision(name, down, body, marked=False):
-    """A migration file's text: docstring, ids, upgrade() with body's lines."""
+def revision(name, down, body, marked=False, doc=True):
+    """A migration file's text: docstring (unless doc is false), ids, upgrade() with body's lines."""
     lines = "\n".join(f"    {line}" for line in body)
     mark = (
         "\n\n# Runs after the switch: the release still serving reads this column.\nAFTER_SWITCH = True"
@@ -57,7 +57,8 @@ def revision(name, down, body, marked=False):
         else ""
     )
     return (
-        f'"""{name}."""\n\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+        (f'"""{name}."""\n\n' if doc else "")
+        + "import sqlalchemy as sa\nfrom alembic import op\n\n"
         f'revision = "{name}"\ndown_revision = "{down}"\nbranch_labels = None\ndepends_on = None{mark}\n\n\n'
         f"def upgrade() -> None:\n{lines}\n\n\ndef downgrade() -> None:\n    pass\n"
     )
@@ -73,9 +74,9 @@ def migrations(project):
     """Write migrations into the baked service for one test; removed after it."""
     written = []
 
-    def write(name, down, *body, marked=False):
+    def write(name, down, *body, marked=False, doc=True):
         path = project / "migrations" / "versions" / f"20990101_{name}.py"
-        path.write_text(revision(name, down, body, marked))
+        path.write_text(revision(name, down, body, marked, doc))
         written.append(path)
 
     yield write
@@ -266,3 +267,54 @@ def test_sqlite_refuses_the_same_breaking_migration_before_the_switch(project, t
     with closing(sqlite3.connect(tmp_path / "app.sqlite3")) as connection:
         names = [row[1] for row in connection.execute("PRAGMA table_info(notes)")]
     assert "text" in names
+
+
+def test_a_revision_without_a_docstring_runs_before_and_after_the_switch(project, postgres, migrations):
+    """Alembic writes a docstring into each revision, people often don't: a revision without one is as
+    valid as any, and both phases run it, naming it by its file, with no traceback."""
+    assert migrate(project, postgres).returncode == 0
+    migrations("abab00000001", FIRST, 'op.add_column("notes", sa.Column("tag", sa.Text()))', doc=False)
+    migrations("abab00000002", "abab00000001", 'op.drop_column("notes", "tag")', marked=True, doc=False)
+    before = migrate(project, postgres, "--before-switch")
+    assert before.returncode == 0, before.stdout + before.stderr
+    assert "abab00000001 20990101_abab00000001.py" in before.stdout
+    after = migrate(project, postgres, "--after-switch")
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "Traceback" not in before.stderr + after.stderr
+    assert version(project, postgres) == "abab00000002"
+
+
+@pytest.mark.parametrize(
+    "broken_squawk",
+    [
+        pytest.param("exit 2", id="exits_2_printing_nothing"),
+        pytest.param("echo 'error: unexpected argument' >&2; exit 0", id="exits_0_printing_no_list"),
+        pytest.param("echo '[]'; exit 3", id="exits_3_printing_an_empty_list"),
+    ],
+)
+def test_a_linter_that_did_not_run_refuses_the_migrations_before_the_switch(
+    project, postgres, migrations, tmp_path, broken_squawk
+):
+    """The gate fails closed: with a squawk that did not check the SQL (as squawk exits 2 and prints
+    nothing on a flag it no longer knows), a DROP TABLE revision is refused in one line saying squawk
+    did not run, and nothing runs before the switch."""
+    assert migrate(project, postgres).returncode == 0
+    migrations("acac00000001", FIRST, 'op.drop_table("notes")')
+    fake = tmp_path / "squawk"
+    fake.write_text(f"#!/bin/sh\ncat > /dev/null\n{broken_squawk}\n")
+    fake.chmod(0o755)
+    refused = subprocess.run(
+        [project / "bin" / "migrate", "--before-switch"],
+        cwd=project,
+        env={**os.environ, "DATABASE_URL": postgres, "SQUAWK": str(fake)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    (line,) = error_lines(refused)
+    assert "squawk did not check acac00000001" in line, line
+    assert "Traceback" not in refused.stderr
+    assert version(project, postgres) == FIRST
+    assert columns(project, postgres) == ["created_at", "id", "text"]
