@@ -183,7 +183,7 @@ def start_gunicorn(project, port):
     for sub in ("run", "log", "nginx"):
         (var / sub).mkdir(parents=True, exist_ok=True)
     cmd = [venv / "gunicorn", "--workers", "4", "--bind", f"unix:{var}/run/gunicorn.sock"]
-    # PITFALLS §13: gunicorn >= 25.1 opens a control socket in ~/.gunicorn unless told not to.
+    # gunicorn >= 25.1 opens a control socket in ~/.gunicorn unless told not to.
     cmd += ["--no-control-socket", "my_service.wsgi:application"]
     with open(var / "log/gunicorn.log", "ab") as log:
         master = subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=log, start_new_session=True)

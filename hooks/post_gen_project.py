@@ -35,7 +35,7 @@ PRUNE = {
 
 # Set by the service's bin/update around `cruft update`: cruft renders the old and the new template
 # with these hooks in temporary folders, where a fresh secret would become a change to .env and a
-# virtualenv would be built for nothing (PITFALLS.md section 18). Pruning still runs there.
+# virtualenv would be built for nothing. Pruning still runs there.
 UPDATE_SWITCH = "SHIPSHAPE_UPDATE"
 
 

@@ -83,7 +83,7 @@ def wheelhouse():
 
 def python_interpreter(version):
     """A python<version> that runs: on PATH, or in pyenv's versions (its shims answer only when
-    PYENV_VERSION names them, PITFALLS.md section 20). Missing: fails under CI=true, skips locally."""
+    PYENV_VERSION names them). Missing: fails under CI=true, skips locally."""
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
     candidates = [shutil.which(f"python{version}"), *pyenv.glob(f"versions/{version}.*/bin/python{version}")]
     for candidate in filter(None, candidates):

@@ -212,3 +212,27 @@ def test_deploy_script_reads_as_a_runbook(baked):
     assert steps[:4] == ["take_lock", "build_release", "install_venv", "check_settings"]
     assert "switch_current" in steps
     assert all(name in functions for name in steps)
+
+
+# An upper-case document name (a quoted one is a file a test writes), or a section sign and whose.
+CITED_DOCUMENT = re.compile(r"(?<![/\w\"'])([A-Z][A-Z0-9_-]+\.md)\b|(RFC\s+\d+\s*)?§\s*\d")
+
+
+def test_every_cited_document_exists_in_the_project_or_the_service(cookies):
+    """Files give the reason where a line is, and cite only documents a reader has: a document named
+    in upper case must exist in the template or the baked service, and a section (§) is an RFC's."""
+    result = cookies.bake()
+    assert result.exit_code == 0, result.exception
+    project = result.project_path
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    paths = [ROOT / name for name in tracked.stdout.splitlines()] + files(project)
+    known = {path.name for path in paths}
+    cited = []
+    for path in paths:
+        if path.suffix in (".png", ".json") or not path.is_file():
+            continue
+        for match in CITED_DOCUMENT.finditer(path.read_text(errors="replace")):
+            document, section = match.groups()
+            if (document and document not in known) or (not document and not section):
+                cited.append(f"{path}: {match.group(0).strip()}")
+    assert not cited, cited

@@ -1,7 +1,7 @@
 """The baked service's Ansible playbooks, without a host: lint (production profile), syntax, variables.
 
 ansible-core and ansible-lint come from the template's tools (.tools); HOME and ANSIBLE_HOME point
-at temporary directories so nothing of this machine's Ansible setup leaks in (PITFALLS.md §17).
+at temporary directories so nothing of this machine's Ansible setup leaks in.
 """
 
 import json

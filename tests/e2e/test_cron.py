@@ -1,7 +1,7 @@
 """End to end: uWSGI's cron never runs two copies of a job at once, also across a full reload.
 
 uWSGI fires every job whose fields match at start and again after each full reload, and its
-`unique` flag forgets the running copy on reload (PITFALLS §9): only jobs.py's lock keeps a second
+`unique` flag forgets the running copy on reload: only jobs.py's lock keeps a second
 copy from starting while the first still runs.
 """
 

@@ -10,7 +10,7 @@ from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from . import observability, settings
 
 # The sqla broker polls once a second by default; a class attribute is the only knob that works
-# (polling_interval in broker_transport_options reaches create_engine and fails, PITFALLS §8).
+# (polling_interval in broker_transport_options reaches create_engine and fails with a TypeError).
 kombu_sqlalchemy.Transport.polling_interval = 0.1
 # The embedded broker and result backend are SQLite files under DATA_DIR: senders need it too.
 settings.make_state_dirs()
