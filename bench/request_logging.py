@@ -70,10 +70,7 @@ def install(base):
     project = base / "my_service"
     wheelhouse = server.host_wheelhouse(project)
     name = "b" + uuid.uuid4().hex[:5]
-    env = {**os.environ, "SHIPSHAPE_LAB_PACKAGES": server.LAB_PACKAGES}
-    up = subprocess.run(
-        [server.LAB, "up", "1", "--name", name], capture_output=True, text=True, env=env, check=False
-    )
+    up = subprocess.run([server.LAB, "up", "1", "--name", name], capture_output=True, text=True, check=False)
     if up.returncode != 0:
         raise SystemExit(up.stderr)
     host = server.Host(up.stdout)

@@ -15,7 +15,7 @@ import uuid
 import pytest
 from conftest import bake, env_with_python
 from e2e.load import Load
-from test_server_unit import LAB, LAB_PACKAGES, Host, require_lab
+from test_server_unit import LAB, Host, require_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.venv]
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
@@ -84,12 +84,12 @@ class Fleet:
         return result, loads
 
 
-# Per Debian release of the hosts: the service's Python, the libraries its uWSGI links (the hosts
-# cannot install anything), and the command that runs the hosts' Python here to build their wheels:
-# bookworm's is this machine's own, trixie's runs in a trixie build root (scripts/lab python).
+# Per Debian release of the hosts: the service's Python and the command that runs the hosts' Python
+# here to build their wheels: bookworm's is this machine's own, trixie's runs in a trixie build root
+# (scripts/lab python). What uWSGI links, `make provision` installs from the lab's package source.
 RELEASES = {
-    "bookworm": ("3.11", LAB_PACKAGES, "/usr/bin/python3"),
-    "trixie": ("3.13", "libpython3.13 libxml2", f"{LAB} python --release trixie --"),
+    "bookworm": ("3.11", "/usr/bin/python3"),
+    "trixie": ("3.13", f"{LAB} python --release trixie --"),
 }
 
 
@@ -110,15 +110,14 @@ def lab_fleet(base, release, count, lb=False, **answers):
     service whose env file for them says production (and, for several hosts, names the lab's
     PostgreSQL and Redis); the lab is removed afterwards, also when the test failed."""
     require_lab()
-    python, packages, host_python = RELEASES[release]
+    python, host_python = RELEASES[release]
     env = os.environ if python == "3.11" else env_with_python(python, base / "bin")
     project = bake(base, env=env, deploy_root="/srv", python_version=python, **answers)
     sh(project, "git", "init", "-q")
     name = "a" + uuid.uuid4().hex[:5]
-    lab_env = {**os.environ, "SHIPSHAPE_LAB_PACKAGES": packages}
     options = [*(["--lb"] if lb else []), *(["--services"] if count > 1 else [])]
     command = [LAB, "up", str(count), *options, "--name", name, "--release", release]
-    up = subprocess.run(command, capture_output=True, text=True, env=lab_env, check=False)
+    up = subprocess.run(command, capture_output=True, text=True, check=False)
     try:
         assert up.returncode == 0, up.stderr
         lines = [

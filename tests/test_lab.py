@@ -222,6 +222,37 @@ def test_hosts_reach_each_other_by_name_on_a_private_bridge_with_no_way_out(web2
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == FORWARDING_BEFORE, "forwarding changed"
 
 
+def test_hosts_install_packages_from_their_distribution_through_the_labs_proxy(web2):
+    """As on a real server, `apt-get update` and `apt-get install` work on a host with no setting of
+    ours: its apt goes through the lab's proxy on `control`, which reaches the Debian mirrors of its
+    sources.list (the package `make provision` asks for is installed for real, dpkg says so)."""
+    python = web2.ssh("web1", "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])")
+    web2.ssh("web1", "apt-get", "update", "-q", timeout=300)
+    web2.ssh(
+        "web1", "apt-get", "install", "-y", "-q", "--no-install-recommends", f"libpython{python}", timeout=300
+    )
+    status = web2.ssh("web1", "dpkg-query", "-W", "-f", "${Status}", f"libpython{python}")
+    assert status == "install ok installed"
+
+
+def test_the_apt_proxy_serves_the_mirrors_alone_on_the_bridges_address_alone(web2):
+    """The proxy refuses any URL outside the hosts' Debian mirrors (403, nothing fetched), listens
+    on control's address and port only (127.0.0.1 refuses), and the hosts have no other way out."""
+    proxy = web2.state["apt_proxy"]
+    assert listeners(proxy["pid"]) == [f"{proxy['address']}:{proxy['port']}"]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", proxy["port"]), timeout=5).close()
+    through = f"http://control:{proxy['port']}"
+    elsewhere = ["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "-x", through]
+    assert web2.ssh("web1", *elsewhere, "http://example.org/") == "403"
+    sources = web2.ssh("web1", "cat", "/etc/apt/sources.list")
+    mirror = next(line.split()[1] for line in sources.splitlines() if line.startswith("deb "))
+    release = f"{mirror}/dists/{web2.state['release']}/InRelease"
+    assert web2.ssh("web1", *elsewhere, release) == "200"
+    direct = ["curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", release]
+    assert web2.ssh("web1", *direct, check=False) == "000", "a host reached a mirror without the proxy"
+
+
 def test_lb_adds_a_host_in_group_lb_that_answers_like_the_web_hosts(boot):
     """`up 1 --lb`: web has web1, lb has lb1; lb1 answers ssh and reaches web1 by name."""
     booted = boot(1, "--lb")
@@ -236,7 +267,7 @@ def leftovers(name):
     """What remains on this machine of the lab called name: interfaces, processes, mounts,
     cgroups, nspawn's own directories and state, found by the names the lab gives them
     (sslab-NAME, vb-NAME-HOST, --machine=NAME-HOST, shipshape-lab-NAME-HOST, the state directory,
-    which the --services postmaster's command line names)."""
+    which the --services postmaster's command line names and the servers run in)."""
     found = []
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, check=True).stdout)
     found += [f"interface {link['ifname']}" for link in links if f"-{name}" in link["ifname"]]
@@ -247,7 +278,11 @@ def leftovers(name):
                 arguments = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if any(
+            try:
+                cwd = os.readlink(proc / "cwd")
+            except OSError:
+                cwd = ""
+            if cwd.startswith(f"{state_dir}/") or any(
                 argument.startswith((f"--machine={name}-".encode(), f"{state_dir}/".encode()))
                 for argument in arguments
             ):

@@ -57,8 +57,7 @@ def revision(name, down, body, marked=False, doc=True):
         else ""
     )
     return (
-        (f'"""{name}."""\n\n' if doc else "")
-        + "import sqlalchemy as sa\nfrom alembic import op\n\n"
+        (f'"""{name}."""\n\n' if doc else "") + "import sqlalchemy as sa\nfrom alembic import op\n\n"
         f'revision = "{name}"\ndown_revision = "{down}"\nbranch_labels = None\ndepends_on = None{mark}\n\n\n'
         f"def upgrade() -> None:\n{lines}\n\n\ndef downgrade() -> None:\n    pass\n"
     )

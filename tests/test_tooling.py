@@ -41,7 +41,7 @@ def test_no_collected_test_fails_in_ci_only(ci, status):
 def test_the_templates_own_python_passes_ruff():
     """Tests, benchmarks and hooks follow the same lint and format rules as the baked service."""
     ruff = str(TOOLS_BIN / "ruff")
-    paths = ["tests", "bench", "hooks"]
+    paths = ["tests", "bench", "hooks", "scripts/lab", "scripts/lab-apt-proxy"]
     for command in ([ruff, "check", *paths], [ruff, "format", "--check", *paths]):
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
