@@ -7,29 +7,49 @@ client catches everything, records it, and goes on with a fresh connection until
 
 import http.client
 import json
+import socket
 import threading
 import time
 
 
+class ClosedBeforeAnswer(http.client.RemoteDisconnected):
+    """A reused keep-alive connection closed before a single byte of the answer arrived."""
+
+
+def answer_started(connection):
+    """Did the answer's first byte arrive (peeked: http.client still reads it), or was the
+    connection closed (or reset) before any? Waits up to the connection's timeout."""
+    try:
+        return connection.sock.recv(1, socket.MSG_PEEK) != b""
+    except ConnectionResetError:
+        return False
+
+
 def exchange(connection, connect, method, path, payload, resend=True):
-    """(status, connection, resent): with resend, a request that a reused connection lost before
-    any byte of the answer is sent once more on a new one (connect()), as browsers do (RFC 9112
-    9.3.1): a server may close an idle keep-alive connection at any moment (nginx does when it
-    reloads). Other exceptions propagate."""
+    """(status, connection, resent). A request that a reused keep-alive connection lost before any
+    byte of its answer arrived is, with resend, sent once more on a new connection (connect()), as
+    browsers do (RFC 9112 9.3.1): a server may close an idle keep-alive connection at any moment
+    (nginx does when it reloads); without resend it raises ClosedBeforeAnswer. Once a byte of the
+    answer arrived, nothing is ever resent: a cut answer is a failure. Other exceptions propagate."""
     headers = {"Content-Type": "application/json"}
     reused = connection.sock is not None
     try:
         connection.request(method, path, body=payload, headers=headers)
-        response = connection.getresponse()
-        resent = False
-    except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-        if not (resend and reused):
-            raise
+        started = answer_started(connection)
+    except (BrokenPipeError, ConnectionResetError):
+        started = False
+    resent = False
+    if not started:
         connection.close()
+        if not (resend and reused):
+            kind = "a kept-alive" if reused else "a new"
+            raise ClosedBeforeAnswer(
+                f"{method} {path}: {kind} connection closed before any byte of the answer"
+            )
         connection = connect()
         connection.request(method, path, body=payload, headers=headers)
-        response = connection.getresponse()
         resent = True
+    response = connection.getresponse()
     response.read()
     return response.status, connection, resent
 
@@ -37,7 +57,9 @@ def exchange(connection, connect, method, path, payload, resend=True):
 class Load:
     """`threads` keep-alive clients loop `requests` ((method, path) or (method, path, JSON body), in
     turn) against 127.0.0.1:port until stopped or max_seconds passed; any answer but 200 (201 for a
-    POST) or any exception is a failure, recorded with what it was."""
+    POST) or any exception is a failure, recorded with what it was. Strict (resend=False, the
+    default) as wrk or a service's client; with resend, browser-like, and each resend is counted in
+    `resent` for the test to bound."""
 
     def __init__(
         self, port, threads=50, max_seconds=300, requests=(("GET", "/"),), host="127.0.0.1", resend=False
