@@ -30,13 +30,22 @@ def served(request, tmp_path_factory, wheelhouse):
         yield project, port
 
 
+MARKED_INDEX = (
+    'return render_template("index.html", release=settings.RELEASE).replace("It works", PAGE_MARK, 1)'
+)
+
+
 def edit_page(project, marker):
-    """Change the home page's text, as a developer edits a template before `make reload`."""
-    index = project / "my_service" / "templates" / "index.html"
-    text = index.read_text()
-    start = text.index("It works")
-    end = text.index("<", start)
-    index.write_text(text[:start] + f"It works ({marker})" + text[end:])
+    """Change what the home page says in code a worker runs once, when it imports views.py (a
+    template is read from disk again by an old worker too; a module's constant is not): only a
+    worker that the reload replaced serves the marker."""
+    views = project / "my_service" / "views.py"
+    lines = [line for line in views.read_text().splitlines() if not line.startswith("PAGE_MARK = ")]
+    text = "\n".join(lines) + "\n"
+    text = text.replace('return render_template("index.html", release=settings.RELEASE)', MARKED_INDEX)
+    assert MARKED_INDEX in text
+    text = text.replace('@pages.get("/")\n', f'PAGE_MARK = "It works ({marker})"\n\n\n@pages.get("/")\n', 1)
+    views.write_text(text)
 
 
 def pages_with(port, marker, count=40):
