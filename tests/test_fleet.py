@@ -10,6 +10,8 @@ failures are counted and bounded by one per client per reload of lb1; any other 
 answer but 200 or 201, is a failed request.
 """
 
+import base64
+import json
 import os
 import re
 import subprocess
@@ -62,7 +64,11 @@ class Clients:
         reloads = output.count("TASK [Reload the load balancers")
         assert self.browser.failures[:5] == [], (output[-4000:], fleet.errors())
         assert self.browser.resent <= CLIENTS * reloads, (self.browser.resent, reloads)
-        cut = [failure for failure in self.strict.failures if "kept-alive connection closed before any byte" not in failure]
+        cut = [
+            failure
+            for failure in self.strict.failures
+            if "kept-alive connection closed before any byte" not in failure
+        ]
         assert cut[:5] == [], (output[-4000:], fleet.errors())
         assert len(self.strict.failures) <= CLIENTS * reloads, (self.strict.failures[:5], reloads)
         assert self.browser.ok > 100 and self.strict.ok > 100, (self.browser.ok, self.strict.ok)
@@ -184,6 +190,90 @@ def test_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(fleet)
     clients.assert_nothing_failed_but_what_lb_reloads_close(result.stdout, fleet)
     assert set(fleet.revisions().values()) == {fleet.first}
     assert_never_sent_to_a_reloading_host(fleet, since)
+
+
+FIRST_MIGRATION = "af6f780d13df"
+# A release's two migrations: each records, in a note, where it ran (the address PostgreSQL sees the
+# migrating host at) and, in created_at, when its transaction began.
+EXPAND = '''"""Expand: a nullable column the serving release never reads; runs before the switch."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "f1ee00000001"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("notes", sa.Column("origin", sa.Text(), nullable=True))
+    op.execute("INSERT INTO notes (text) VALUES ('migration expand on ' || host(inet_client_addr()))")
+
+
+def downgrade() -> None:
+    op.drop_column("notes", "origin")
+'''
+CONTRACT = '''"""Contract: drop the column again, once no worker serves the release before it."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "f1ee00000002"
+down_revision = "f1ee00000001"
+branch_labels = None
+depends_on = None
+# A drop: the release serving before the switch selects every column it maps, so this waits.
+AFTER_SWITCH = True
+
+
+def upgrade() -> None:
+    op.drop_column("notes", "origin")
+    op.execute("INSERT INTO notes (text) VALUES ('migration contract on ' || host(inet_client_addr()))")
+
+
+def downgrade() -> None:
+    op.add_column("notes", sa.Column("origin", sa.Text(), nullable=True))
+'''
+# Run on a web host as the service: the notes the migrations wrote, with when, as JSON. The program
+# goes in base64: no quote of its own meets the shell's.
+NOTES_OF_MIGRATIONS = (
+    f"cd {APP_ROOT}/current && echo {{program}} | base64 -d"
+    " | runuser -u my_service -g www-data -- .venv/bin/python -"
+)
+NOTES_PROGRAM = """
+import json
+from sqlalchemy import create_engine, text
+from my_service import db, settings
+engine = create_engine(db.sqlalchemy_url(settings.DATABASE_URL))
+query = "SELECT text, extract(epoch FROM created_at) FROM notes WHERE text LIKE 'migration %'"
+with engine.connect() as connection:
+    print(json.dumps([[text, float(moment)] for text, moment in connection.execute(text(query))]))
+"""
+
+
+def test_a_release_with_an_expand_and_a_contract_migration_migrates_once_on_the_primary_in_order(fleet):
+    """A release with an expand migration and one marked AFTER_SWITCH, rolled over both hosts under
+    load: each ran exactly once, on the primary (web1) alone, the expand before the first host's
+    chain reload began and the contract after the last one ended; nothing failed."""
+    versions = fleet.project / "migrations" / "versions"
+    (versions / "20990101_f1ee00000001_expand.py").write_text(EXPAND.format(down=FIRST_MIGRATION))
+    (versions / "20990102_f1ee00000002_contract.py").write_text(CONTRACT)
+    commit(fleet.project, "a release with an expand and a contract migration")
+    since = time.time()
+    result, clients = through_the_balancer(fleet, "deploy")
+    clients.assert_nothing_failed_but_what_lb_reloads_close(result.stdout, fleet)
+    program = base64.b64encode(NOTES_PROGRAM.encode()).decode()
+    notes = json.loads(fleet.hosts[0].sh(NOTES_OF_MIGRATIONS.format(program=program)))
+    web1 = fleet.hosts[0].address
+    assert sorted(text for text, _ in notes) == [
+        f"migration contract on {web1}",
+        f"migration expand on {web1}",
+    ]
+    ran = {text.split()[1]: moment for text, moment in notes}
+    windows = [window for host in fleet.hosts for window in reload_windows(host, since)]
+    assert ran["expand"] < min(start for start, _ in windows), (ran, windows)
+    assert ran["contract"] > max(end for _, end in windows), (ran, windows)
 
 
 # Appended to wsgi.py: the app as uWSGI serves it answers /health with 503; the deploy's throwaway
@@ -315,30 +405,55 @@ def test_each_releases_static_files_reach_the_balancer_before_any_host_switches(
     assert set(before.splitlines()) <= set(after), "a file of an earlier release was removed or rewritten"
 
 
-def test_tasks_sent_through_both_hosts_run_exactly_once_on_the_shared_broker(fleet):
-    """250 tasks sent from each web host to the lab's Redis: each done exactly once, by the
-    Celery workers of both hosts (each host's journal names the tasks its worker finished)."""
+def test_tasks_sent_from_each_host_during_a_rolling_deploy_run_exactly_once_on_the_shared_broker(fleet):
+    """250 tasks sent from each web host to the lab's Redis while a deploy rolls over both: each is
+    done exactly once, and tasks sent from each host were also done by the other's Celery worker
+    (one broker, not one per host; each host's journal names the tasks its worker finished)."""
     send = (
         f"cd {APP_ROOT}/current && runuser -u my_service -g www-data -- .venv/bin/python -c "
         "'from my_service.tasks import add\n"
         f"results = [add.delay(n, n) for n in range({TASKS})]\n"
-        "[print(r.id, r.get(timeout=120, interval=0.05)) for r in results]'"
+        "[print(r.id, r.get(timeout=300, interval=0.05)) for r in results]'"
     )
     since = int(time.time()) - 1
+    commit(fleet.project, "a release deployed while tasks are sent")
+    senders = [
+        subprocess.Popen(
+            [*host.ssh_command, "bash -s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for host in fleet.hosts
+    ]
+    try:
+        for sender in senders:
+            sender.stdin.write(send)
+            sender.stdin.close()
+        deployed = fleet.make("deploy")
+        outputs = [sender.communicate(timeout=600)[0] for sender in senders]
+    finally:
+        for sender in senders:
+            if sender.poll() is None:
+                sender.kill()
+    assert [sender.returncode for sender in senders] == [0, 0], outputs
+    assert "Switch, reload and verify" in deployed.stdout
     sent = {}
-    for host in fleet.hosts:
-        for line in host.sh(send, timeout=300).splitlines():
+    for host, output in zip(fleet.hosts, outputs, strict=True):
+        for line in output.splitlines():
             task_id, result = line.split()
-            sent[task_id] = int(result)
+            sent[task_id] = (host.address, int(result))
     assert len(sent) == 2 * TASKS
-    assert sorted(sent.values()) == sorted(2 * n for n in range(TASKS) for _ in range(2))
+    assert sorted(result for _, result in sent.values()) == sorted(
+        2 * n for n in range(TASKS) for _ in range(2)
+    )
     done = {}
     for host in fleet.hosts:
         journal = host.sh(f"journalctl -u my_service --no-pager -o cat --since=@{since}")
-        done[host.address] = re.findall(r"Task my_service\.tasks\.add\[([0-9a-f-]+)\] succeeded", journal)
-    everywhere = [task_id for ids in done.values() for task_id in ids]
-    assert sorted(everywhere) == sorted(sent), "a task ran twice or never"
-    assert all(len(ids) > 0 for ids in done.values()), {address: len(ids) for address, ids in done.items()}
+        for task_id in re.findall(r"Task my_service\.tasks\.add\[([0-9a-f-]+)\] succeeded", journal):
+            done.setdefault(task_id, []).append(host.address)
+    assert sorted(done) == sorted(sent), "a task never ran, or ran without being sent"
+    assert [task for task, hosts in done.items() if len(hosts) > 1] == [], "a task ran twice"
+    for host in fleet.hosts:
+        others = {done[task][0] for task, (sender, _) in sent.items() if sender == host.address}
+        assert others - {host.address}, f"no task sent from {host.address} ran on another host"
 
 
 def test_cron_runs_on_the_primary_only_once_a_minute(fleet):
