@@ -419,14 +419,11 @@ def test_tasks_sent_from_each_host_during_a_rolling_deploy_run_exactly_once_on_t
     commit(fleet.project, "a release deployed while tasks are sent")
     senders = [
         subprocess.Popen(
-            [*host.ssh_command, "bash -s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [*host.ssh_command, send], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
         )
         for host in fleet.hosts
     ]
     try:
-        for sender in senders:
-            sender.stdin.write(send)
-            sender.stdin.close()
         deployed = fleet.make("deploy")
         outputs = [sender.communicate(timeout=600)[0] for sender in senders]
     finally:
