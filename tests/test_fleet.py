@@ -192,7 +192,6 @@ def test_rolling_deploy_and_rollback_through_the_balancer_fail_no_request(fleet)
     assert_never_sent_to_a_reloading_host(fleet, since)
 
 
-FIRST_MIGRATION = "af6f780d13df"
 # A release's two migrations: each records, in a note, where it ran (the address PostgreSQL sees the
 # migrating host at) and, in created_at, when its transaction began.
 EXPAND = '''"""Expand: a nullable column the serving release never reads; runs before the switch."""
@@ -201,7 +200,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "f1ee00000001"
-down_revision = "{down}"
+down_revision = "af6f780d13df"
 branch_labels = None
 depends_on = None
 
@@ -257,7 +256,7 @@ def test_a_release_with_an_expand_and_a_contract_migration_migrates_once_on_the_
     load: each ran exactly once, on the primary (web1) alone, the expand before the first host's
     chain reload began and the contract after the last one ended; nothing failed."""
     versions = fleet.project / "migrations" / "versions"
-    (versions / "20990101_f1ee00000001_expand.py").write_text(EXPAND.format(down=FIRST_MIGRATION))
+    (versions / "20990101_f1ee00000001_expand.py").write_text(EXPAND)
     (versions / "20990102_f1ee00000002_contract.py").write_text(CONTRACT)
     commit(fleet.project, "a release with an expand and a contract migration")
     since = time.time()

@@ -13,7 +13,7 @@ import time
 
 
 class ClosedBeforeAnswer(http.client.RemoteDisconnected):
-    """A reused keep-alive connection closed before a single byte of the answer arrived."""
+    """A connection (kept-alive, or new) closed before a single byte of the answer arrived."""
 
 
 def answer_started(connection):
