@@ -1,43 +1,49 @@
-"""Does a rolling deploy over 2 or 3 web hosts behind the load balancer go unnoticed by its clients?
+"""Does a rolling deploy over 2 or 3 web hosts behind the load balancer go unnoticed by its clients,
+and which way of taking a host out of rotation makes that true for clients that never resend?
 
 One run boots two lab fleets side by side (scripts/lab, as tests/test_fleet.py does): N = 2 and N = 3
 web hosts of Debian bookworm behind lb1, sharing the lab's PostgreSQL and Redis; each gets the default
-service baked, `make provision` and a first deploy (untimed). Then, per round (--runs, the order of
-the two fleets rotated per round), a new release is committed and `make deploy HOSTS=<inventory>` runs
-while CLIENTS keep-alive clients send GET /, POST /notes {"text": ...} and GET /notes in turn through
-lb1. The deploy starts BASELINE s into the load (the WARMUP s before that are not counted) and the
-load goes on AFTER s past its end. The alternatives are the fleet sizes: with N hosts each batch
-(deploy_serial = 1) takes 1/N of the capacity out of rotation, and the roll lasts N batches.
+service baked, `make provision` and a first deploy (untimed). lb1 then runs both alternatives of the
+rotation choice over the same web hosts, side by side:
+  haproxy  the template's load balancer (deploy/haproxy.cfg) on lb1:80: the deploy drains each batch
+           through HAProxy's runtime API before it switches and puts it back after; no reload.
+  nginx    an nginx load balancer on lb1:8080 (the template's earlier one: upstream keep-alive,
+           passive checks, retries for idempotent requests) that is never reloaded: no rotation,
+           each host's chain reload serves on while it replaces its workers.
+(The third, nginx marking the batch `down` and reloading twice per batch, closed idle client
+connections at every reload: 33 of 51,000 requests lost by browser-like clients in an earlier run,
+40 of 51,656 failed for strict ones. It cannot run beside the first: the deploy reloads one lb1.)
+Per round (--runs, the order of the two fleets rotated per round), a new release is committed and
+`make deploy HOSTS=<inventory>` runs while CLIENTS keep-alive clients per alternative send GET /,
+POST /notes {"text": ...} and GET /notes in turn. The deploy starts BASELINE s into the load (the
+WARMUP s before that are not counted) and the load goes on AFTER s past its end. With N hosts each
+batch (deploy_serial = 1) takes 1/N of the capacity out of rotation, and the roll lasts N batches.
 
 Load: threads of http.client in this process, each paced to RATE / CLIENTS requests/s (a request
 that is late is sent at once, with no catching up). Back to back (--rate 0) the clients alone fill
 both cores, and every CPU second the deploy spends here (the artifact's build, ansible) would show
 as latency; a paced load measures a service with headroom. Each request's start, latency and outcome
-are recorded. As a browser does (and tests/e2e/load.py with resend=True), a request that a reused
-keep-alive connection lost before any byte of its answer is sent once more on a new connection:
-nginx closes idle keep-alive connections when lb1 reloads, which it does twice per batch. Those
-resends are counted apart; they are not failures. Any other exception, and any answer outside 2xx,
-is a failed request. A side thread per web host polls its own nginx (http://<host>/health with
-Host: example.com, so not through lb1) at 1/POLL Hz for the release it serves; one ssh session to
-lb1 prints its upstream.conf at the same rate: a host marked `down` there is out of rotation (the
-playbook writes the mark, then reloads lb1's nginx and waits for its old workers: the mark leads
-the actual rotation by up to that reload). Reading lb1's access log afterwards would show which host
-answered each request, but not the moments a host left and rejoined the rotation.
+are recorded. The clients are strict, as wrk, `requests` without retries and most service-to-service
+clients are: a request that a reused keep-alive connection lost before any byte of its answer is not
+sent again (tests/e2e/load.py without resend). Every exception, and any answer outside 2xx, is a
+failed request. A side thread per web host polls its own nginx (http://<host>/health with Host:
+example.com, so not through lb1) at 1/POLL Hz for the release it serves; one ssh session to lb1 asks
+HAProxy's `show stat` at the same rate: a host in DRAIN (or MAINT) there is out of rotation.
 
-Reading the result: one row per fleet size and round, then a median row per size (its failed and
-resends columns are totals). `deploy s` is the wall time of `make deploy` (the artifact's build
-here, unpacking and preparing on every host, then the roll); `roll s` runs from the first `down`
-mark seen to the poll that saw no host marked again (if no mark was seen: the whole deploy).
+Reading the result: one row per fleet size, alternative and round, then a median row per size and
+alternative (its failed column is a total). `deploy s` is the wall time of `make deploy` (the
+artifact's build here, unpacking and preparing on every host, then the roll); `roll s` runs from the
+first drain seen to the poll that saw no host drained again (if none was seen: the whole deploy).
 Latencies (ms) are of requests started in the baseline window (the BASELINE s before the deploy)
 and of requests in flight at any moment of the roll. `new on all s` is when, counted from the
 deploy's start, every host's /health had shown the new release. Targets (from the issue): 0 failed
 requests and roll p99 <= 2 x baseline p99; `meets` also asks that the deploy exited 0 and every
-host serves the new release afterwards. The PNG shows, per fleet size, the round with the median
-roll p99: every request's latency over time (log scale; resends in orange, failures as red
-crosses) with the baseline, deploy and roll windows shaded, and below it the release each host's
-/health answered (grey: the previous one, green: the new one, red: no answer) with its
-out-of-rotation intervals hatched. Everything (lab hosts, PostgreSQL, Redis, ansible, the load)
-shares this machine's cores: loadavg per round is in the JSON, and compare the sizes within a run.
+host serves the new release afterwards. The PNG shows, per fleet size and alternative, the round
+with the median roll p99: every request's latency over time (log scale; failures as red crosses)
+with the baseline, deploy and roll windows shaded, and below it the release each host's /health
+answered (grey: the previous one, green: the new one, red: no answer) with its out-of-rotation
+intervals hatched. Everything (lab hosts, PostgreSQL, Redis, ansible, the load) shares this
+machine's cores: loadavg per round is in the JSON, and compare within a run.
 Every result names the commit it measured (bench/provenance.py): a tree with uncommitted changes is
 refused unless --allow-dirty, and then the results are marked DIRTY. The lab needs root.
 
@@ -46,6 +52,7 @@ refused unless --allow-dirty, and then the results are marked DIRTY. The lab nee
 """
 
 import argparse
+import base64
 import collections
 import contextlib
 import http.client
@@ -74,9 +81,39 @@ CLIENTS, RATE = 10, 50.0  # keep-alive clients through lb1, requests/s in all (0
 WARMUP, BASELINE, AFTER = 2.0, 10.0, 3.0  # s: load not counted, baseline window, load after the deploy
 POLL, TIMEOUT, DEPLOY_TIMEOUT = 0.2, 30.0, 900.0  # s: /health and upstream poll, request, deploy
 TARGET_RATIO = 2.0  # roll p99 <= TARGET_RATIO x baseline p99
-UPSTREAM = "/etc/nginx/my_service-lb/upstream.conf"
+# The alternatives of the rotation choice: the port each listens on, on lb1.
+ALTERNATIVES = {"haproxy": 80, "nginx": 8080}
+# The nginx load balancer that is never reloaded (the template's earlier one, its upstream written
+# from the fleet's web hosts): put on lb1 beside HAProxy before the first round.
+NGINX_LB = """
+upstream bench_web {{
+{servers}
+    keepalive 32;
+    keepalive_timeout 20s;
+}}
+server {{
+    listen 8080;
+    location / {{
+        proxy_pass http://bench_web;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_connect_timeout 2s;
+        proxy_read_timeout 80s;
+        proxy_next_upstream error timeout http_502 http_504;
+        proxy_next_upstream_tries 2;
+        proxy_next_upstream_timeout 10s;
+    }}
+}}
+"""
+# HAProxy's servers in DRAIN or MAINT, by name (`show stat`: field 1 the backend, 2 the server, 18 status).
+DRAINED = (
+    "echo 'show stat' | socat stdio /run/haproxy/admin.sock"
+    ' | awk -F, \'$1 == "my_service_web" && $18 ~ /DRAIN|MAINT/ {printf "%s ", $2}\''
+)
 # The table's columns of each round (and of the median rows).
-COLUMNS = ("requests", "failed", "resends", "deploy_s", "roll_s", "new_on_all_s", "base", "roll", "p99_ratio")
+COLUMNS = ("requests", "failed", "deploy_s", "roll_s", "new_on_all_s", "base", "roll", "p99_ratio")
 
 
 def helpers():
@@ -91,17 +128,17 @@ def helpers():
 
 
 class Load:
-    """`clients` keep-alive clients sending REQUESTS in turn to host:80, paced to `rate` requests/s in
-    all, until stop() or max_seconds; records (start, latency, error or None, resent) per request."""
+    """`clients` strict keep-alive clients sending REQUESTS in turn to host:port, paced to `rate`
+    requests/s in all, until stop() or max_seconds; records (start, latency, error or None) per request."""
 
-    def __init__(self, host, requests, clients, rate, max_seconds):
-        self.host, self.requests, self.clients, self.rate = host, requests, clients, rate
+    def __init__(self, host, port, requests, clients, rate, max_seconds):
+        self.host, self.port, self.requests, self.clients, self.rate = host, port, requests, clients, rate
         self.deadline = time.monotonic() + max_seconds
         self.records, self.stopped = [], threading.Event()
         self.threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)]
 
     def connect(self):
-        return http.client.HTTPConnection(self.host, 80, timeout=TIMEOUT)
+        return http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
 
     def client(self, index):
         interval = self.clients / self.rate if self.rate else 0.0
@@ -113,15 +150,17 @@ class Load:
             method, path, *body = self.requests[sent % len(self.requests)]
             sent += 1
             payload = json.dumps(body[0]).encode() if body else None
-            start, resent = time.monotonic(), False
+            start = time.monotonic()
             try:
-                status, connection, resent = load.exchange(connection, self.connect, method, path, payload)
+                status, connection, _ = load.exchange(
+                    connection, self.connect, method, path, payload, resend=False
+                )
                 error = None if 200 <= status < 300 else f"{method} {path}: {status}"
             except Exception as exception:  # every exception is a failed request
                 error = f"{method} {path}: {exception!r}"
                 connection.close()
                 connection = self.connect()
-            self.records.append((start, time.monotonic() - start, error, resent))
+            self.records.append((start, time.monotonic() - start, error))
             next_at = max(next_at + interval, time.monotonic())
         connection.close()
 
@@ -154,12 +193,12 @@ def poll_release(address, stopped, deadline, polls):
     connection.close()
 
 
-def watch_upstream(lb, seconds, marks):
-    """An ssh session printing lb1's upstream.conf every POLL s for at most `seconds`, and a thread
-    recording (time, {addresses marked down}); returns (Popen, thread)."""
+def watch_rotation(lb, seconds, marks):
+    """An ssh session printing the web hosts HAProxy has drained on lb1 every POLL s for at most
+    `seconds`, and a thread recording (time, {host names drained}); returns (Popen, thread)."""
     script = (
         f"end=$((SECONDS + {int(seconds)})); while [ $SECONDS -lt $end ]; do "
-        f"f=$(< {UPSTREAM}); echo \"$EPOCHREALTIME ${{f//$'\\n'/|}}\"; sleep {POLL}; done"
+        f'echo "$EPOCHREALTIME $({DRAINED})"; sleep {POLL}; done'
     )
     ssh = subprocess.Popen(
         [*lb.ssh_command, "bash", "-c", shlex.quote(script)],
@@ -172,10 +211,9 @@ def watch_upstream(lb, seconds, marks):
 
     def read():
         for line in ssh.stdout:
-            stamp, _, conf = line.strip().partition(" ")
+            stamp, *drained = line.split()
             with contextlib.suppress(ValueError):
-                down = {e.split()[1].split(":")[0] for e in conf.split("|") if e.strip().endswith(" down;")}
-                marks.append((float(stamp) - offset, down))
+                marks.append((float(stamp) - offset, set(drained)))
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -194,10 +232,14 @@ def stop_process(process):
 
 
 def one_round(ta, fleet, names, clients, rate):
-    """Commit a release; deploy it under load through lb1; return (records, polls, marks, times, result)."""
+    """Commit a release; deploy it under load through both alternatives on lb1; return (revision,
+    {alternative: records}, polls, marks, times, result)."""
     revision = ta.commit(fleet.project, f"release {time.time():.0f}")
     seconds = WARMUP + BASELINE + DEPLOY_TIMEOUT + AFTER + 30  # every load and poll stops by itself
-    load = Load(fleet.lb.address, ta.REQUESTS, clients, rate, seconds)
+    loads = {
+        name: Load(fleet.lb.address, port, ta.REQUESTS, clients, rate, seconds)
+        for name, port in ALTERNATIVES.items()
+    }
     stopped, deadline = threading.Event(), time.monotonic() + seconds
     polls = {name: [] for name in names}
     pollers = [
@@ -205,10 +247,11 @@ def one_round(ta, fleet, names, clients, rate):
         for name, host in zip(names, fleet.hosts, strict=True)
     ]
     marks = []
-    ssh, reader = watch_upstream(fleet.lb, seconds, marks)
+    ssh, reader = watch_rotation(fleet.lb, seconds, marks)
     t_load = time.monotonic()
     try:
-        load.start()
+        for load in loads.values():
+            load.start()
         for poller in pollers:
             poller.start()
         time.sleep(WARMUP + BASELINE)
@@ -218,14 +261,15 @@ def one_round(ta, fleet, names, clients, rate):
         time.sleep(AFTER)
     finally:
         stopped.set()
-        load.stop()
+        for load in loads.values():
+            load.stop()
         for poller in pollers:
             if poller.is_alive():
                 poller.join(timeout=10)
         stop_process(ssh)
         reader.join(timeout=10)
     times = {"load": t_load, "deploy": t_deploy, "done": t_done, "end": time.monotonic()}
-    return revision, load.records, polls, marks, times, result
+    return revision, {name: load.records for name, load in loads.items()}, polls, marks, times, result
 
 
 def percentiles(latencies):
@@ -249,7 +293,8 @@ def segments(samples, end):
 
 
 def analyse(revision, previous, records, polls, marks, times, addresses):
-    """The round's figures; times in s since the deploy's start, latencies in ms."""
+    """The round's figures for one alternative's records; times in s since the deploy's start,
+    latencies in ms."""
     t_deploy, t_done, t_end = times["deploy"], times["done"], times["end"]
 
     def rel(t):
@@ -264,10 +309,10 @@ def analyse(revision, previous, records, polls, marks, times, addresses):
     base = [lat for s, lat, *_ in records if t_deploy - BASELINE <= s < t_deploy]
     roll = [lat for s, lat, *_ in records if s < roll_end and s + lat > roll_start]
     deploy = [lat for s, lat, *_ in records if s < t_done and s + lat > t_deploy]
-    errors = [(rel(s), error) for s, _, error, _ in records if error]
+    errors = [(rel(s), error) for s, _, error in records if error]
     hosts = {}
     for name, samples in polls.items():
-        down = [(t, addresses[name] in d) for t, d in marks]
+        down = [(t, name in drained) for t, drained in marks]
         seen_new = [t for t, value in samples if value == revision]
         hosts[name] = {
             "address": addresses[name],
@@ -282,14 +327,13 @@ def analyse(revision, previous, records, polls, marks, times, addresses):
         "previous": previous,
         "requests": len(records),
         "failed": len(errors),
-        "resends": sum(1 for r in records if r[3]),
         "failures": dict(collections.Counter(error for _, error in errors)),
         "failed_at_s": errors[:20],
         "deploy_s": round(t_done - t_deploy, 2),
         "roll_start_s": rel(roll_start),
         "roll_end_s": rel(roll_end),
         "roll_s": round(roll_end - roll_start, 2),
-        "roll_from": "upstream.conf down marks" if down_at else "the whole deploy (no down mark seen)",
+        "roll_from": "HAProxy's drains" if down_at else "the whole deploy (no drain seen)",
         "new_on_all_s": None if None in firsts else max(firsts),
         "base": percentiles(base),
         "roll": percentiles(roll),
@@ -304,18 +348,17 @@ def analyse(revision, previous, records, polls, marks, times, addresses):
 
 
 def timeline(records, t_deploy):
-    """Per 100 ms of request starts since the deploy's start: [t, requests, failed, resends, p50, max]."""
+    """Per 100 ms of request starts since the deploy's start: [t, requests, failed, p50, max]."""
     buckets = collections.defaultdict(list)
-    for s, lat, error, resent in records:
-        buckets[round(s - t_deploy, 1)].append((lat, error, resent))
+    for s, lat, error in records:
+        buckets[round(s - t_deploy, 1)].append((lat, error))
     return [
         [
             t,
             len(b),
-            sum(1 for _, e, _ in b if e),
-            sum(1 for *_, r in b if r),
-            round(statistics.median(x for x, *_ in b), 4),
-            round(max(x for x, *_ in b), 4),
+            sum(1 for _, e in b if e),
+            round(statistics.median(x for x, _ in b), 4),
+            round(max(x for x, _ in b), 4),
         ]
         for t, b in sorted(buckets.items())
     ]
@@ -327,14 +370,21 @@ def prepare(ta, fleet, size):
     fleet.make("provision")
     fleet.previous = ta.commit(fleet.project, "first release")
     fleet.make("deploy")
-    print(f"  {size} web hosts: provisioned, first release {fleet.previous} deployed")
+    servers = "\n".join(f"    server {host.address}:80 max_fails=1 fail_timeout=5s;" for host in fleet.hosts)
+    site = base64.b64encode(NGINX_LB.format(servers=servers).encode()).decode()
+    fleet.lb.sh(
+        f"echo {site} | base64 -d > /etc/nginx/sites-enabled/bench-nginx-lb"
+        " && nginx -t -q && systemctl reload nginx"
+    )
+    print(f"  {size} web hosts: provisioned, first release {fleet.previous} deployed, nginx on lb1:8080")
     return fleet, [f"web{i + 1}" for i in range(size)]
 
 
 def measure(ta, runs, clients, rate, base):
-    """Both fleets side by side, `runs` rounds each (order rotated per round); returns the raw runs.
-    Each lab is removed on the way out (lab_fleet's finally), also after an error."""
-    raw = {str(size): [] for size in SIZES}
+    """Both fleets side by side, `runs` rounds each (order rotated per round), both alternatives in
+    every round; returns the raw runs by "N=<size> <alternative>". Each lab is removed on the way out
+    (lab_fleet's finally), also after an error."""
+    raw = {label(size, name): [] for size in SIZES for name in ALTERNATIVES}
     with contextlib.ExitStack() as stack:
         fleets = {}
         for size in SIZES:
@@ -346,33 +396,38 @@ def measure(ta, runs, clients, rate, base):
             for size in order:
                 fleet, names = fleets[size]
                 loadavg = os.getloadavg()
-                revision, records, polls, marks, times, result = one_round(ta, fleet, names, clients, rate)
+                revision, loads, polls, marks, times, result = one_round(ta, fleet, names, clients, rate)
                 addresses = {name: host.address for name, host in zip(names, fleet.hosts, strict=True)}
-                figures = analyse(revision, fleet.previous, records, polls, marks, times, addresses)
                 final = fleet.revisions()
-                figures.update(
-                    size=size,
-                    round=round_no + 1,
-                    loadavg=loadavg,
-                    deploy_rc=result.returncode,
-                    serving_after=final,
-                    converged=set(final.values()) == {revision},
-                    timeline=timeline(records, times["deploy"]),
-                )
-                if result.returncode != 0:
-                    figures["deploy_tail"] = (result.stdout + result.stderr)[-3000:]
-                figures["meets"] = meets(figures)
-                figures["_records"] = [(s - times["deploy"], lat, e, r) for s, lat, e, r in records]
-                raw[str(size)].append(figures)
+                for alternative, records in loads.items():
+                    figures = analyse(revision, fleet.previous, records, polls, marks, times, addresses)
+                    figures.update(
+                        alternative=alternative,
+                        size=size,
+                        round=round_no + 1,
+                        loadavg=loadavg,
+                        deploy_rc=result.returncode,
+                        serving_after=final,
+                        converged=set(final.values()) == {revision},
+                        timeline=timeline(records, times["deploy"]),
+                    )
+                    if result.returncode != 0:
+                        figures["deploy_tail"] = (result.stdout + result.stderr)[-3000:]
+                    figures["meets"] = meets(figures)
+                    figures["_records"] = [(s - times["deploy"], lat, e) for s, lat, e in records]
+                    raw[label(size, alternative)].append(figures)
+                    shown = {k: figures[k] for k in ("deploy_s", "roll_s", "failed", "p99_ratio")}
+                    base_roll = f"{figures['base']} -> {figures['roll']}"
+                    where = f"round {round_no + 1}/{runs}  {label(size, alternative)}"
+                    print(f"  {where}  {shown}  {base_roll}  meets={figures['meets']}")
+                    for error, count in figures["failures"].items():
+                        print(f"    failed {count}x: {error}")
                 fleet.previous = revision
-                shown = {k: figures[k] for k in ("deploy_s", "roll_s", "failed", "resends", "p99_ratio")}
-                base_roll = f"{figures['base']} -> {figures['roll']}"
-                print(
-                    f"  round {round_no + 1}/{runs}  N={size}  {shown}  {base_roll}  meets={figures['meets']}"
-                )
-                for error, count in figures["failures"].items():
-                    print(f"    failed {count}x: {error}")
     return raw
+
+
+def label(size, alternative):
+    return f"N={size} {alternative}"
 
 
 def meets(figures):
@@ -382,7 +437,7 @@ def meets(figures):
 
 
 def summarize(raw):
-    """A row per size and round, then a median row per size (failed and resends: totals)."""
+    """A row per size, alternative and round, then a median row for each (failed: a total)."""
     rows = []
     for size, runs in raw.items():
         for r in runs:
@@ -391,7 +446,7 @@ def summarize(raw):
         median = {"size": size, "round": "median"}
         for key in COLUMNS:
             values = [r[key] for r in runs]
-            if key in ("failed", "resends", "requests"):
+            if key in ("failed", "requests"):
                 median[key] = sum(values) if key != "requests" else statistics.median(values)
             elif isinstance(values[0], dict):
                 median[key] = {
@@ -410,7 +465,7 @@ def summarize(raw):
 
 def table(rows, markdown=False):
     """The rows as an aligned text table, or as a Markdown table."""
-    head = ["N", "round", "requests", "failed", "resends", "deploy s", "roll s", "new on all s"]
+    head = ["fleet, load balancer", "round", "requests", "failed", "deploy s", "roll s", "new on all s"]
     head += ["base p50", "base p99", "base max", "roll p50", "roll p99", "roll max", "p99 ratio", "meets"]
 
     def show(value, form="{:.1f}"):
@@ -418,7 +473,7 @@ def table(rows, markdown=False):
 
     body = []
     for r in rows:
-        row = [r["size"], r["round"], f"{r['requests']:.0f}", str(r["failed"]), str(r["resends"])]
+        row = [r["size"], r["round"], f"{r['requests']:.0f}", str(r["failed"])]
         row += [show(r["deploy_s"]), show(r["roll_s"]), show(r["new_on_all_s"])]
         row += [show(r[w][q]) for w in ("base", "roll") for q in ("p50", "p99", "max")]
         body.append([*row, show(r["p99_ratio"], "{:.2f}"), r["meets"]])
@@ -442,16 +497,13 @@ def plot(raw, facts, path):
         first = first or ax
         hosts_ax = fig.add_subplot(grid[1, col], sharex=ax)
         records = r["_records"]
-        ok = [(s, lat) for s, lat, e, resent in records if not e and not resent]
-        resent = [(s, lat) for s, lat, e, was in records if not e and was]
-        bad = [(s, lat) for s, lat, e, _ in records if e]
+        ok = [(s, lat) for s, lat, e in records if not e]
+        bad = [(s, lat) for s, lat, e in records if e]
         ax.axvspan(-BASELINE, 0, color="tab:blue", alpha=0.07, label="baseline window")
         ax.axvspan(0, r["deploy_s"], color="tab:olive", alpha=0.08, label="make deploy")
         ax.axvspan(r["roll_start_s"], r["roll_end_s"], color="tab:olive", alpha=0.18, label="roll")
         if ok:
             ax.scatter(*zip(*ok, strict=True), s=2, color="tab:blue", alpha=0.4, lw=0, label="request")
-        if resent:
-            ax.scatter(*zip(*resent, strict=True), s=9, color="tab:orange", label="resent (connection lost)")
         if bad:
             ax.scatter(*zip(*bad, strict=True), s=25, marker="x", color="red", label="failed")
         if r["base"]["p99"]:
@@ -463,8 +515,8 @@ def plot(raw, facts, path):
         ax.grid(alpha=0.3, which="both")
         ax.tick_params(labelbottom=False)
         ax.set_title(
-            f"{size} web hosts, round {r['round']}: deploy {r['deploy_s']:.0f} s, roll {r['roll_s']:.0f} s; "
-            f"{r['failed']} failed, {r['resends']} resent of {r['requests']}\n"
+            f"{size}, round {r['round']}: deploy {r['deploy_s']:.0f} s, roll {r['roll_s']:.0f} s; "
+            f"{r['failed']} failed of {r['requests']}\n"
             f"p99 {r['base']['p99']} ms before, {r['roll']['p99']} ms during the roll "
             f"(x{r['p99_ratio']})",
             fontsize=9,
@@ -510,7 +562,7 @@ def write_results(facts, rows, raw, runs):
         "loadavg_end": os.getloadavg(),
         "runs": runs,
         "summary": rows,
-        "timeline_columns": ["t_since_deploy_s", "requests", "failed", "resends", "median_s", "max_s"],
+        "timeline_columns": ["t_since_deploy_s", "requests", "failed", "median_s", "max_s"],
         "raw": clean,
     }
     (RESULTS / "fleet.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -531,7 +583,8 @@ def write_results(facts, rows, raw, runs):
     text = (
         f"# Rolling deploys through the load balancer\n\n{facts['date']}, {provenance.describe(facts)}, "
         f"{facts['nproc']} cores, Python {facts['python']}; lab hosts Debian bookworm, one fleet per "
-        f"size booted side by side; {runs} rounds per size (order rotated). Load through lb1: "
+        f"size booted side by side; {runs} rounds per size (order rotated), both load balancers on lb1 "
+        f"in every round ({', '.join(f'{n} on {a}' for n, a in facts['alternatives'].items())}). Load: "
         f"{facts['load']}. Baseline: the {BASELINE:g} s before `make deploy`. Latencies in ms. Machine "
         f"load average (1 min) at each round's start: {loads}; at the start {facts['loadavg_start'][0]:.1f}, "
         f"at the end {report['loadavg_end'][0]:.1f}. See bench/fleet.py for how to read the columns.\n\n"
@@ -583,8 +636,10 @@ def main():
     facts = {
         **commit,
         **{k: v for k, v in machine_facts().items() if k != "warm_up"},
-        "load": f"{args.clients} keep-alive http.client clients ({pace}), GET /, POST /notes, GET /notes",
+        "load": f"{args.clients} strict keep-alive http.client clients per alternative ({pace}),"
+        " GET /, POST /notes, GET /notes",
         "sizes": list(SIZES),
+        "alternatives": {name: f"lb1:{port}" for name, port in ALTERNATIVES.items()},
         "target": f"0 failed, roll p99 <= {TARGET_RATIO:g} x baseline p99",
     }
     facts.update(warmup_s=WARMUP, baseline_s=BASELINE, after_s=AFTER, poll_s=POLL, rate=args.rate)
