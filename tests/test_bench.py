@@ -38,7 +38,9 @@ def provenance_of(clone):
     return module
 
 
-@pytest.mark.parametrize("script", ["bake.py", "reload.py", "soak.py", "migrate.py", "fleet.py"])
+@pytest.mark.parametrize(
+    "script", ["bake.py", "reload.py", "soak.py", "migrate.py", "fleet.py", "durations.py"]
+)
 def test_a_benchmark_refuses_a_dirty_tree_in_one_line_before_measuring(clone, script):
     """Over uncommitted changes (here an untracked file the bake would pick up) every benchmark exits 1
     with one line naming the file and --allow-dirty, before it bakes or serves anything."""
