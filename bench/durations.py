@@ -447,8 +447,9 @@ def plot(rows, facts, path):
     import matplotlib.pyplot as plt
 
     leaves = list(dict.fromkeys(name.split("/")[-1] for r in rows for name in r["steps_median"]))
-    palette = [plt.get_cmap("tab20")(i % 20) for i in range(len(leaves))]
-    colour = dict(zip(leaves, palette, strict=True))
+    palette = [plt.get_cmap("tab20")(i) for i in range(20)] + [plt.get_cmap("tab20b")(i) for i in range(20)]
+    colour = {leaf: palette[i % len(palette)] for i, leaf in enumerate(leaves)}
+    widest = max(max(r["median"], sum(r["steps_median"].values())) for r in rows)
     fig, ax = plt.subplots(figsize=(12, 1.2 * len(rows) + 2.6))
     labels, seen = [], set()
     for y, r in enumerate(reversed(rows)):
@@ -458,7 +459,7 @@ def plot(rows, facts, path):
             label = None if leaf in seen else leaf
             seen.add(leaf)
             ax.barh(y, seconds, left=left, color=colour[leaf], edgecolor="white", lw=0.5, label=label)
-            if seconds >= 0.6:
+            if seconds >= 0.05 * widest:  # named inside the bar when there is room, else in the legend
                 ax.text(
                     left + seconds / 2, y, leaf.replace("_", "_\n", 1), ha="center", va="center", fontsize=6
                 )
@@ -477,9 +478,10 @@ def plot(rows, facts, path):
         "keep-alive connections, GET / back to back)"
     )
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14 - 0.1 / fig.get_figheight()), ncol=6, fontsize=7)
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=7, fontsize=7, frameon=False)
     ax.set_title("Where `make reload` and a local `make deploy` spend their time", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 1.0 / fig.get_figheight(), 1, 1))
     provenance.mark_figure(fig, facts)
     fig.savefig(path, dpi=100)
 

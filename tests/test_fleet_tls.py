@@ -57,7 +57,7 @@ def fleet(tmp_path_factory):
         write(web1, f"{APP_ROOT}/shared/tls/fullchain.pem", site, "644")
         write(web1, f"{APP_ROOT}/shared/tls/privkey.pem", key)
         fleet.make("provision")
-        commit(fleet.project, "first release")
+        fleet.release = commit(fleet.project, "first release")
         fleet.make("deploy")
         fleet.tls = tls
         yield fleet
@@ -119,7 +119,7 @@ def test_the_load_balancer_speaks_mozillas_intermediate_tls_and_passes_to_the_we
             handshake(fleet, ciphers=outside)
     status, headers, body = https_get(fleet, "/health")
     assert status == 200, body
-    assert fleet.revisions()[fleet.hosts[0].address] in body
+    assert f'"release": "{fleet.release}"' in body.replace('":"', '": "'), body
     names = [name.lower() for name, _ in headers]
     assert [value for name, value in headers if name.lower() == "strict-transport-security"] == [HSTS]
     assert names.count("x-content-type-options") == 1, headers
