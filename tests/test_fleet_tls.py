@@ -60,7 +60,16 @@ def fleet(tmp_path_factory):
         fleet.release = commit(fleet.project, "first release")
         fleet.make("deploy")
         fleet.tls = tls
+        # lb1 passes requests to web1 once two health checks (2 s apart) passed.
+        wait_until_web1_is(fleet, "UP")
         yield fleet
+
+
+def wait_until_web1_is(fleet, status, seconds=30):
+    deadline = time.monotonic() + seconds
+    while rotation_of(fleet)["web1"][1] != status and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert rotation_of(fleet)["web1"][1] == status, rotation_of(fleet)
 
 
 def write(host, path, text, mode="600"):
@@ -144,10 +153,7 @@ def test_a_web_host_whose_certificate_no_trusted_ca_signed_is_taken_out_by_the_l
     write(web1, f"{tls}/privkey.pem", (fleet.tls / "stranger.key").read_text())
     try:
         web1.sh("nginx -t -q && systemctl reload nginx")
-        deadline = time.monotonic() + 30
-        while rotation_of(fleet)["web1"][1] != "DOWN" and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert rotation_of(fleet)["web1"][1] == "DOWN", rotation_of(fleet)
+        wait_until_web1_is(fleet, "DOWN")
         status, _, body = https_get(fleet, "/health")
         assert status == 503, body
     finally:
@@ -155,7 +161,5 @@ def test_a_web_host_whose_certificate_no_trusted_ca_signed_is_taken_out_by_the_l
             f"mv {tls}/fullchain.pem.good {tls}/fullchain.pem && mv {tls}/privkey.pem.good {tls}/privkey.pem"
         )
         web1.sh("nginx -t -q && systemctl reload nginx")
-    deadline = time.monotonic() + 30
-    while rotation_of(fleet)["web1"][1] != "UP" and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until_web1_is(fleet, "UP")
     assert https_get(fleet, "/health")[0] == 200
