@@ -92,12 +92,17 @@ def answer_id(answers):
 
 @pytest.mark.parametrize("answers", GOOD_ANSWERS, ids=answer_id)
 def test_every_option_value_bakes(cookies, answers):
-    """Each listed answer (and every default) produces a service."""
+    """Each listed answer (and every default) produces a service that passes its own ruff settings."""
     result = cookies.bake(extra_context=answers)
     assert result.exit_code == 0, result.exception
     slug = answers.get("project_slug") or ("billing_api" if "project_name" in answers else "my_service")
     assert result.project_path.name == slug
     assert (result.project_path / slug / "settings.py").is_file()
+    # What `make lint` runs first: the service's own ruff settings, on this option's files.
+    ruff = str(TOOLS_BIN / "ruff")
+    for command in ([ruff, "check", "."], [ruff, "format", "--check", "."]):
+        linted = subprocess.run(command, cwd=result.project_path, capture_output=True, text=True, check=False)
+        assert linted.returncode == 0, linted.stdout + linted.stderr
 
 
 def test_every_choice_in_cookiecutter_json_is_covered():
