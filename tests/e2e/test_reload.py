@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import bake, free_port, require
 from load import Load
-from test_serve import get, make, serving
+from test_serve import get, make, serving, uwsgi_stats
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
@@ -46,6 +46,17 @@ def edit_page(project, marker):
     assert MARKED_INDEX in text
     text = text.replace('@pages.get("/")\n', f'PAGE_MARK = "It works ({marker})"\n\n\n@pages.get("/")\n', 1)
     views.write_text(text)
+
+
+# A hook a service registers with Python's atexit (as Sentry's SDK does, to send what it still holds).
+EXIT_HOOK = """
+
+import atexit as _atexit
+import os as _os
+
+_atexit.register(lambda: open(f"var/exited-{_os.getpid()}", "w").close())
+"""
+SLOW_IMPORT = "\n__import__('time').sleep(2)\n"
 
 
 def pages_with(port, marker, count=40):
@@ -90,8 +101,12 @@ def test_make_reload_exits_1_when_uwsgi_drops_it_during_a_running_chain_reload(s
     """A trigger that reaches uWSGI while a chain reload runs is ignored by uWSGI; `make reload`
     says so and exits 1 instead of reporting a reload that never happened."""
     project, port = served
+    views = project / "my_service" / "views.py"
+    original = views.read_text()
+    # Code that takes 2 s to import: the chain reload the touch starts lasts 8 s (4 workers).
+    views.write_text(original + SLOW_IMPORT)
     (project / "var" / "run" / "reload").touch()
-    # uWSGI notices the touch within a second and starts replacing workers, a few seconds each.
+    # uWSGI notices the touch within a second; bin/reload's own import check then takes 2 s.
     subprocess.run(["sleep", "1.5"], check=True)
     dropped = subprocess.run(
         [project / "bin" / "reload"], cwd=project, capture_output=True, text=True, timeout=400
@@ -99,10 +114,29 @@ def test_make_reload_exits_1_when_uwsgi_drops_it_during_a_running_chain_reload(s
     assert dropped.returncode == 1, dropped.stdout + dropped.stderr
     assert "uWSGI dropped the reload" in dropped.stderr
     # Once that chain is over, the same command goes through.
+    views.write_text(original)
     edit_page(project, "after-drop")
     again = make(project, "reload", timeout=400)
     assert again.returncode == 0, again.stdout + again.stderr
     assert pages_with(port, "after-drop") == 40
+
+
+@ONE
+def test_python_exit_hooks_run_in_every_worker_a_reload_replaces(served):
+    """uWSGI skips the interpreter's teardown when a worker leaves (it costs 0.2 s per worker);
+    Python's exit hooks still run in each replaced worker: Sentry's flush is one."""
+    project, _ = served
+    views = project / "my_service" / "views.py"
+    original = views.read_text()
+    views.write_text(original + EXIT_HOOK)
+    try:
+        assert make(project, "reload").returncode == 0
+        hooked = {worker["pid"] for worker in uwsgi_stats(project)["workers"]}
+        assert make(project, "reload").returncode == 0
+    finally:
+        views.write_text(original)
+    exited = {int(path.name.removeprefix("exited-")) for path in (project / "var").glob("exited-*")}
+    assert len(hooked) == 4 and hooked <= exited, (hooked, exited)
 
 
 @ONE
