@@ -122,6 +122,29 @@ def test_make_reload_exits_1_when_uwsgi_drops_it_during_a_running_chain_reload(s
 
 
 @ONE
+def test_make_reload_still_reloads_a_uwsgi_started_without_the_master_fifo(served):
+    """A service updated from an older template runs a uWSGI started from an ini without
+    `master-fifo` until it restarts (the FIFO of an earlier run may still be there, unread):
+    `make reload` (and so a deploy) falls back to the trigger file."""
+    project, port = served
+    ini = project / "deploy" / "uwsgi.ini"
+    original = ini.read_text()
+    assert "\nmaster-fifo = " in original
+    ini.write_text("\n".join(line for line in original.splitlines() if not line.startswith("master-fifo")))
+    try:
+        assert make(project, "stop", timeout=120).returncode == 0
+        with serving(project):
+            edit_page(project, "no-fifo")
+            result = make(project, "reload")
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert pages_with(port, "no-fifo") == 40
+    finally:
+        ini.write_text(original)
+        # The module's other tests run against the service as baked.
+        assert make(project, "serve", timeout=300).returncode == 0
+
+
+@ONE
 def test_python_exit_hooks_run_in_every_worker_a_reload_replaces(served):
     """uWSGI skips the interpreter's teardown when a worker leaves (it costs 0.2 s per worker);
     Python's exit hooks still run in each replaced worker: Sentry's flush is one."""
