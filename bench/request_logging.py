@@ -35,8 +35,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 import test_server_unit as server  # noqa: E402
-from conftest import run_cookiecutter  # noqa: E402
+
+from testkit.bake import run_cookiecutter  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 INI = f"{server.RELEASE}/deploy/uwsgi.ini"

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, require
+
+from testkit.env import ROOT, require
 
 
 @pytest.fixture

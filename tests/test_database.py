@@ -7,7 +7,9 @@ import subprocess
 import uuid
 
 import pytest
-from conftest import bake, require, require_server
+
+from testkit.bake import bake
+from testkit.env import require, require_server
 
 pytestmark = pytest.mark.venv
 

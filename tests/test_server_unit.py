@@ -24,7 +24,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import CACHE, CI, ROOT, run_cookiecutter
+
+from testkit.bake import run_cookiecutter
+from testkit.env import CACHE, CI, ROOT
 
 LAB = ROOT / "scripts" / "lab"
 SYSTEM_PYTHON = Path("/usr/bin/python3")

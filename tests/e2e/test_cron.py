@@ -11,8 +11,10 @@ import re
 import signal
 
 import pytest
-from conftest import bake, free_port, require, wait_for
 from test_serve import log_tail, make
+
+from testkit.bake import bake
+from testkit.env import free_port, require, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 

@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import bake, free_port, require, wait_for
 from load import Load
+
+from testkit.bake import bake
+from testkit.env import free_port, require, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]

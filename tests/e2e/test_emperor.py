@@ -16,9 +16,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import CACHE, CI, ROOT, TOOLS_BIN, free_port, require, run_cookiecutter, wait_for
 from load import Load
 from test_serve import uwsgi_get
+
+from testkit.bake import run_cookiecutter
+from testkit.env import CACHE, CI, ROOT, TOOLS_BIN, free_port, require, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 

@@ -17,13 +17,15 @@ import threading
 import time
 
 import pytest
-from conftest import bake, free_port, require, wait_for
 from load import Load
 from test_deploy import RECORD_TASK
 from test_emperor import alive, pid_file, start_emperor, start_nginx
 from test_emperor import health as emperor_health
 from test_emperor import layout as emperor_layout  # noqa: F401 (a fixture)
 from test_serve import get, serving, uwsgi_stats
+
+from testkit.bake import bake
+from testkit.env import free_port, require, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 # deploy/uwsgi.ini: a worker has at most this many requests in flight.

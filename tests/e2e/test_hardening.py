@@ -18,8 +18,10 @@ import time
 import uuid
 
 import pytest
-from conftest import bake, free_port, require, run_cookiecutter, wait_for
 from test_serve import serving
+
+from testkit.bake import bake, run_cookiecutter
+from testkit.env import free_port, require, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 SECRET_CONTENT = "TOP-SECRET-CONTENT-4f1c"

@@ -9,8 +9,10 @@ import urllib.request
 import uuid
 
 import pytest
-from conftest import bake, env_with_python, free_port, require, require_server
 from test_serve import get, send_task, serving
+
+from testkit.bake import bake, env_with_python
+from testkit.env import free_port, require, require_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 

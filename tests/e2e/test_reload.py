@@ -6,9 +6,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import bake, free_port, require
 from load import Load
 from test_serve import get, make, serving, uwsgi_stats
+
+from testkit.bake import bake
+from testkit.env import free_port, require
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 

@@ -11,9 +11,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import bake, free_port, require
 from fake_ingest import FakeIngest
 from test_serve import make, serving
+
+from testkit.bake import bake
+from testkit.env import free_port, require
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 

@@ -13,7 +13,9 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import bake, free_port, require, wait_for
+
+from testkit.bake import bake
+from testkit.env import free_port, require, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
