@@ -25,7 +25,7 @@ both cores, and every CPU second the deploy spends here (the artifact's build, a
 as latency; a paced load measures a service with headroom. Each request's start, latency and outcome
 are recorded. The clients are strict, as wrk, `requests` without retries and most service-to-service
 clients are: a request that a reused keep-alive connection lost before any byte of its answer is not
-sent again (tests/e2e/load.py without resend). Every exception, and any answer outside 2xx, is a
+sent again (testkit/load.py, strict). Every exception, and any answer but 200 (201 for a POST), is a
 failed request. A side thread per web host polls its own nginx (http://<host>/health with Host:
 example.com, so not through lb1) at 1/POLL Hz for the release it serves; one ssh session to lb1 asks
 HAProxy's `show stat` at the same rate: a host in DRAIN (or MAINT) there is out of rotation.
@@ -72,9 +72,8 @@ from pathlib import Path
 import provenance
 from bake import REPO, RESULTS, machine_facts, render, run
 
-# The tests' request exchange (a request a reused keep-alive connection lost is sent once more).
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
-import load
+sys.path.append(str(REPO))  # the checkout's root: benchmarks import testkit, never tests/
+from testkit.load import Load
 
 SIZES = (2, 3)  # web hosts per fleet
 CLIENTS, RATE = 10, 50.0  # keep-alive clients through lb1, requests/s in all (0: back to back)
@@ -125,55 +124,6 @@ def helpers():
     import test_ansible
 
     return test_ansible, conftest
-
-
-class Load:
-    """`clients` strict keep-alive clients sending REQUESTS in turn to host:port, paced to `rate`
-    requests/s in all, until stop() or max_seconds; records (start, latency, error or None) per request."""
-
-    def __init__(self, host, port, requests, clients, rate, max_seconds):
-        self.host, self.port, self.requests, self.clients, self.rate = host, port, requests, clients, rate
-        self.deadline = time.monotonic() + max_seconds
-        self.records, self.stopped = [], threading.Event()
-        self.threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)]
-
-    def connect(self):
-        return http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
-
-    def client(self, index):
-        interval = self.clients / self.rate if self.rate else 0.0
-        connection, sent = self.connect(), index
-        next_at = time.monotonic() + interval * index / self.clients
-        while not self.stopped.is_set() and time.monotonic() < self.deadline:
-            if self.stopped.wait(max(0.0, next_at - time.monotonic())):
-                break
-            method, path, *body = self.requests[sent % len(self.requests)]
-            sent += 1
-            payload = json.dumps(body[0]).encode() if body else None
-            start = time.monotonic()
-            try:
-                status, connection, _ = load.exchange(
-                    connection, self.connect, method, path, payload, resend=False
-                )
-                error = None if 200 <= status < 300 else f"{method} {path}: {status}"
-            except Exception as exception:  # every exception is a failed request
-                error = f"{method} {path}: {exception!r}"
-                connection.close()
-                connection = self.connect()
-            self.records.append((start, time.monotonic() - start, error))
-            next_at = max(next_at + interval, time.monotonic())
-        connection.close()
-
-    def start(self):
-        for thread in self.threads:
-            thread.start()
-
-    def stop(self):
-        self.stopped.set()
-        for thread in self.threads:
-            thread.join(timeout=TIMEOUT + 5)
-        if any(thread.is_alive() for thread in self.threads):
-            raise RuntimeError(f"load threads still running {TIMEOUT + 5:g} s after the stop")
 
 
 def poll_release(address, stopped, deadline, polls):
@@ -237,7 +187,9 @@ def one_round(ta, fleet, names, clients, rate):
     revision = ta.commit(fleet.project, f"release {time.time():.0f}")
     seconds = WARMUP + BASELINE + DEPLOY_TIMEOUT + AFTER + 30  # every load and poll stops by itself
     loads = {
-        name: Load(fleet.lb.address, port, ta.REQUESTS, clients, rate, seconds)
+        name: Load(
+            port, clients, seconds, ta.REQUESTS, fleet.lb.address, rate=rate, record=True, timeout=TIMEOUT
+        )
         for name, port in ALTERNATIVES.items()
     }
     stopped, deadline = threading.Event(), time.monotonic() + seconds
@@ -268,6 +220,8 @@ def one_round(ta, fleet, names, clients, rate):
                 poller.join(timeout=10)
         stop_process(ssh)
         reader.join(timeout=10)
+    if stuck := [load.failures[-1] for load in loads.values() if load.stuck]:
+        raise RuntimeError(stuck[0])
     times = {"load": t_load, "deploy": t_deploy, "done": t_done, "end": time.monotonic()}
     return revision, {name: load.records for name, load in loads.items()}, polls, marks, times, result
 

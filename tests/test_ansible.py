@@ -13,10 +13,10 @@ import subprocess
 import uuid
 
 import pytest
-from e2e.load import Load
 from test_server_unit import LAB, Host, require_lab
 
 from testkit.bake import bake, env_with_python
+from testkit.load import Load
 
 pytestmark = [pytest.mark.lab, pytest.mark.venv]
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]

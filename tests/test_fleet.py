@@ -18,8 +18,9 @@ import subprocess
 import time
 
 import pytest
-from e2e.load import Load
 from test_ansible import APP_ROOT, REQUESTS, assert_doctor_names_the_host_that_fails, commit, lab_fleet, recap
+
+from testkit.load import Load
 
 pytestmark = [pytest.mark.lab, pytest.mark.venv]
 TASKS = 250  # sent from each web host

@@ -18,7 +18,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 
 from testkit.bake import run_cookiecutter
 from testkit.env import CACHE, CI, ROOT
+from testkit.load import Load
 
 LAB = ROOT / "scripts" / "lab"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -186,8 +186,9 @@ def get(host, path="/"):
 
 
 def under_load(host, action, settle):
-    """Run action (a shell script on the host) under 200 GET / a second from here; (ok, failures)."""
-    with Paced(host.address) as load:
+    """Run action (a shell script on the host) under 200 GET / a second from here: 10 strict keep-alive
+    clients at a steady pace each (a fast 502 does not make a client send more); (ok, failures)."""
+    with Load(80, threads=10, max_seconds=600, host=host.address, rate=200) as load:
         time.sleep(2)
         host.sh(action, timeout=120)
         deadline = time.monotonic() + 60
@@ -195,50 +196,6 @@ def under_load(host, action, settle):
             time.sleep(0.1)
         time.sleep(settle)
     return load.ok, load.failures
-
-
-class Paced:
-    """`threads` keep-alive clients here, together `rate` GET / a second to the host's port 80, each
-    at its own steady pace (a fast 502 does not make a client send more): every answer but 200 and
-    every exception is a failure."""
-
-    def __init__(self, address, rate=200, threads=10):
-        self.address, self.interval, self.count = address, threads / rate, threads
-        self.ok, self.failures, self.running = 0, [], True
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.client, args=(n,), daemon=True) for n in range(threads)]
-
-    def client(self, number):
-        connection = http.client.HTTPConnection(self.address, 80, timeout=30)
-        due = time.monotonic() + number * self.interval / self.count
-        while self.running:
-            time.sleep(max(0.0, due - time.monotonic()))
-            due += self.interval
-            try:
-                connection.request("GET", "/")
-                response = connection.getresponse()
-                response.read()
-                outcome = response.status
-            except Exception as error:  # every exception is a failed request
-                outcome = repr(error)
-                connection.close()
-                connection = http.client.HTTPConnection(self.address, 80, timeout=30)
-            with self.lock:
-                if outcome == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(outcome)
-        connection.close()
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        for thread in self.threads:
-            thread.join(timeout=60)
 
 
 def master_pid(host):

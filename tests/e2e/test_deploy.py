@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from load import Load
 
 from testkit.bake import bake
 from testkit.env import free_port, require, wait_for
+from testkit.load import Load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]

@@ -8,12 +8,12 @@ import subprocess
 import uuid
 
 import pytest
-from load import Load
 from test_deploy import commit, diagnostics, health, releases_served, sh
 from test_serve import get
 
 from testkit.bake import bake
 from testkit.env import free_port, require, require_server
+from testkit.load import Load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from load import Load
 from test_serve import uwsgi_get
 
 from testkit.bake import run_cookiecutter
 from testkit.env import CACHE, CI, ROOT, TOOLS_BIN, free_port, require, wait_for
+from testkit.load import Load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
@@ -176,7 +176,7 @@ def test_vassal_starts_reloads_by_touch_and_stops_by_removal(layout):
         port, nginx = start_nginx(layout)
         groups.append(nginx)
         # Pages and /health through nginx: a connection the vassal drops is a 502 there, and any
-        # exception in a client is a failed request too (tests/e2e/load.py).
+        # exception in a client is a failed request too (testkit/load.py).
         with Load(port, threads=10, max_seconds=180, requests=(("GET", "/"), ("GET", "/health"))) as load:
             wait_for(lambda: load.ok > 100, 30, "100 requests before the touch")
             os.utime(vassal, follow_symlinks=False)

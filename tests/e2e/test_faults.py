@@ -17,7 +17,6 @@ import threading
 import time
 
 import pytest
-from load import Load
 from test_deploy import RECORD_TASK
 from test_emperor import alive, pid_file, start_emperor, start_nginx
 from test_emperor import health as emperor_health
@@ -26,6 +25,7 @@ from test_serve import get, serving, uwsgi_stats
 
 from testkit.bake import bake
 from testkit.env import free_port, require, wait_for
+from testkit.load import Load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 # deploy/uwsgi.ini: a worker has at most this many requests in flight.

@@ -6,11 +6,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from load import Load
 from test_serve import get, make, serving, uwsgi_stats
 
 from testkit.bake import bake
 from testkit.env import free_port, require
+from testkit.load import Load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
