@@ -5,8 +5,10 @@ import sys
 
 import pytest
 
-from testkit.bake import bake, build_wheelhouse
-from testkit.env import WHEELHOUSE, isolate_environment
+# testkit's assertion helpers report as the tests' own asserts do (the values compared).
+pytest.register_assert_rewrite("testkit")
+from testkit.bake import bake, build_wheelhouse  # noqa: E402
+from testkit.env import WHEELHOUSE, isolate_environment  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
