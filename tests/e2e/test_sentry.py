@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fake_ingest import FakeIngest
 
+from testkit.fake_ingest import FakeIngest
 from testkit.http import get, request
 from testkit.serve import bake_for_serving, make, serving
 
