@@ -70,9 +70,12 @@ import time
 from pathlib import Path
 
 import provenance
-from bake import REPO, RESULTS, machine_facts, render, run
+from bake import REPO, RESULTS, machine_facts, render
 
 sys.path.append(str(REPO))  # the checkout's root: benchmarks import testkit, never tests/
+from testkit.bake import build_wheelhouse, commit
+from testkit.env import isolate_environment
+from testkit.lab import REQUESTS, lab_fleet, lab_problems
 from testkit.load import Load
 
 SIZES = (2, 3)  # web hosts per fleet
@@ -113,17 +116,6 @@ DRAINED = (
 )
 # The table's columns of each round (and of the median rows).
 COLUMNS = ("requests", "failed", "deploy_s", "roll_s", "new_on_all_s", "base", "roll", "p99_ratio")
-
-
-def helpers():
-    """The test suite's lab helpers (tests/test_ansible.py) and its conftest, imported outside pytest."""
-    for path in (REPO / "tests", REPO / "tests" / "e2e"):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-    import conftest
-    import test_ansible
-
-    return test_ansible, conftest
 
 
 def poll_release(address, stopped, deadline, polls):
@@ -181,14 +173,14 @@ def stop_process(process):
             process.wait(timeout=10)
 
 
-def one_round(ta, fleet, names, clients, rate):
+def one_round(fleet, names, clients, rate):
     """Commit a release; deploy it under load through both alternatives on lb1; return (revision,
     {alternative: records}, polls, marks, times, result)."""
-    revision = ta.commit(fleet.project, f"release {time.time():.0f}")
+    revision = commit(fleet.project, f"release {time.time():.0f}")
     seconds = WARMUP + BASELINE + DEPLOY_TIMEOUT + AFTER + 30  # every load and poll stops by itself
     loads = {
         name: Load(
-            port, clients, seconds, ta.REQUESTS, fleet.lb.address, rate=rate, record=True, timeout=TIMEOUT
+            port, clients, seconds, REQUESTS, fleet.lb.address, rate=rate, record=True, timeout=TIMEOUT
         )
         for name, port in ALTERNATIVES.items()
     }
@@ -318,11 +310,11 @@ def timeline(records, t_deploy):
     ]
 
 
-def prepare(ta, fleet, size):
+def prepare(fleet, size):
     """Provision a booted fleet and deploy a first release (untimed)."""
     print(f"  {size} web hosts + lb1 booted ({', '.join(h.address for h in fleet.hosts)})")
     fleet.make("provision")
-    fleet.previous = ta.commit(fleet.project, "first release")
+    fleet.previous = commit(fleet.project, "first release")
     fleet.make("deploy")
     servers = "\n".join(f"    server {host.address}:80 max_fails=1 fail_timeout=5s;" for host in fleet.hosts)
     site = base64.b64encode(NGINX_LB.format(servers=servers).encode()).decode()
@@ -334,7 +326,7 @@ def prepare(ta, fleet, size):
     return fleet, [f"web{i + 1}" for i in range(size)]
 
 
-def measure(ta, runs, clients, rate, base):
+def measure(runs, clients, rate, base):
     """Both fleets side by side, `runs` rounds each (order rotated per round), both alternatives in
     every round; returns the raw runs by "N=<size> <alternative>". Each lab is removed on the way out
     (lab_fleet's finally), also after an error."""
@@ -343,14 +335,14 @@ def measure(ta, runs, clients, rate, base):
         fleets = {}
         for size in SIZES:
             (base / f"n{size}").mkdir()
-            fleet = stack.enter_context(ta.lab_fleet(base / f"n{size}", "bookworm", size, lb=True))
-            fleets[size] = prepare(ta, fleet, size)
+            fleet = stack.enter_context(lab_fleet(base / f"n{size}", "bookworm", size, lb=True))
+            fleets[size] = prepare(fleet, size)
         for round_no in range(runs):
             order = SIZES[round_no % len(SIZES) :] + SIZES[: round_no % len(SIZES)]
             for size in order:
                 fleet, names = fleets[size]
                 loadavg = os.getloadavg()
-                revision, loads, polls, marks, times, result = one_round(ta, fleet, names, clients, rate)
+                revision, loads, polls, marks, times, result = one_round(fleet, names, clients, rate)
                 addresses = {name: host.address for name, host in zip(names, fleet.hosts, strict=True)}
                 final = fleet.revisions()
                 for alternative, records in loads.items():
@@ -551,13 +543,6 @@ def write_results(facts, rows, raw, runs):
     print(f"wrote {RESULTS / 'fleet.json'}, {RESULTS / 'fleet.md'} and {RESULTS / 'fleet.png'}")
 
 
-def lab_problems():
-    """What keeps the lab from booting here (scripts/lab's needs), as one line; empty when none."""
-    problems = [] if os.geteuid() == 0 else ["the lab needs root"]
-    problems += [f"{t} not found" for t in ("systemd-nspawn", "mmdebstrap", "rsync") if not shutil.which(t)]
-    return "; ".join(problems)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="rounds per fleet size (default 2)")
@@ -579,18 +564,14 @@ def main():
     sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens, also in a log file
     # A TERM ends the run through the finally clauses that remove the labs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: terminated"))
-    ta, conftest = helpers()
-    run([REPO / "scripts/wheelhouse"], 600, env={**os.environ, "PYTHON": sys.executable})
+    build_wheelhouse(sys.executable)
     # As the test suite's session fixture: the bakes find uWSGI in the wheelhouse, nothing leaks in.
-    for key in list(os.environ):
-        if key.startswith(("SENTRY_", "CELERY_")) or key in {"STATE_DIR", "DATABASE_URL", "ENV_FILE"}:
-            del os.environ[key]
-    os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"] = str(conftest.WHEELHOUSE)
+    isolate_environment()
     pace = f"paced to {args.rate:g} requests/s in all" if args.rate else "back to back"
     facts = {
         **commit,
         **{k: v for k, v in machine_facts().items() if k != "warm_up"},
-        "load": f"{args.clients} strict keep-alive http.client clients per alternative ({pace}),"
+        "load": f"{args.clients} strict keep-alive clients (testkit/load.py) per alternative ({pace}),"
         " GET /, POST /notes, GET /notes",
         "sizes": list(SIZES),
         "alternatives": {name: f"lb1:{port}" for name, port in ALTERNATIVES.items()},
@@ -599,7 +580,7 @@ def main():
     facts.update(warmup_s=WARMUP, baseline_s=BASELINE, after_s=AFTER, poll_s=POLL, rate=args.rate)
     base = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     try:
-        raw = measure(ta, args.runs, args.clients, args.rate, base)
+        raw = measure(args.runs, args.clients, args.rate, base)
     except (AssertionError, RuntimeError, OSError, subprocess.TimeoutExpired) as error:
         print(f"error: {str(error)[-3000:]}", file=sys.stderr)
         return 1

@@ -12,5 +12,5 @@
 
 Helpers only: pytest's fixtures stay in tests/conftest.py and tests/e2e/conftest.py. Tests import
 these as `from testkit.load import Load` (pyproject.toml puts the checkout on pytest's path); a
-benchmark puts the checkout on sys.path first. Nothing here imports a test module.
+benchmark adds the checkout to sys.path first. Nothing here imports a test module.
 """

@@ -1,14 +1,14 @@
 """uWSGI's own sockets, without nginx: a request in the uwsgi protocol (what nginx sends) on its unix
 socket, and the stats document on its stats socket.
 
-Standard library only, so that a lab host that has no testkit runs it too:
-`python3 - <stats socket> < testkit/uwsgi.py` prints the stats document.
+Standard library only, so that a lab host that has no testkit runs it too (stats_command).
 """
 
 import json
 import socket
 import struct
 import sys
+from pathlib import Path
 
 
 def uwsgi_get(socket_path, path):
@@ -50,6 +50,12 @@ def uwsgi_stats(socket_path):
         client.settimeout(10)
         client.connect(str(socket_path))
         return json.loads(b"".join(iter(lambda: client.recv(65536), b"")))
+
+
+def stats_command(python, socket_path):
+    """A shell command that prints the stats document (JSON) on a host that has no testkit: this
+    module, run by the host's python."""
+    return f"{python} - {socket_path} <<'EOF'\n{Path(__file__).read_text()}EOF\n"
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from testkit.env import ROOT, fail_or_skip, free_port, wait_for
+from testkit.lab import LAB
 
-LAB = ROOT / "scripts" / "lab"
 LAB_PYTHON_RUNS = Path(os.environ.get("SHIPSHAPE_LAB_STATE", "/var/tmp/shipshape-lab")) / ".python"
 STATE = Path(os.environ.get("SHIPSHAPE_LAB_STATE", "/var/tmp/shipshape-lab"))
 RELEASES = ["bookworm", "trixie"]
