@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 # The tools' virtualenv (.tools/bin): cookiecutter, ruff, uv beside the Python running this.
 TOOLS_BIN = Path(sys.executable).parent
@@ -32,6 +30,8 @@ INSTALL_HINTS = {
 
 def fail_or_skip(message):
     """Fail under CI=true, skip locally: what every missing prerequisite does."""
+    import pytest  # here: the benchmarks import this module too, outside pytest
+
     if CI:
         pytest.fail(message)
     pytest.skip(message)

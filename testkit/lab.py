@@ -27,7 +27,8 @@ RELEASE = f"{APP_ROOT}/releases/20260101T000000-baked"
 REQUESTS = (("GET", "/"), ("POST", "/notes", {"text": "during the deploy"}), ("GET", "/notes"))
 
 # The README's "On a server" steps, as root on the host; /tmp/wheels and /tmp/release come from here.
-INSTALL = rf"""
+# The service user, shared/, the release with its venv and static files:
+INSTALL_RELEASE = rf"""
 set -euo pipefail
 apt-get update -q
 apt-get install -y -q --no-install-recommends nginx python3-venv libpython3.11 libxml2
@@ -45,15 +46,23 @@ python3 -m venv {RELEASE}/.venv
 ln -s ../../shared/.env {RELEASE}/.env
 ln -s {RELEASE} {APP_ROOT}/current
 cd {RELEASE} && runuser -u my_service -g www-data -- .venv/bin/python -m my_service.assets
-cp {APP_ROOT}/current/deploy/systemd/my_service.service {APP_ROOT}/current/deploy/systemd/my_service.socket \
-    /etc/systemd/system/
-ln -s {APP_ROOT}/current/deploy/nginx.conf /etc/nginx/sites-enabled/my_service
+"""
+# The site in place of Debian's default one, and systemd told of new units:
+INSTALL_SITE = rf"""ln -s {APP_ROOT}/current/deploy/nginx.conf /etc/nginx/sites-enabled/my_service
 rm /etc/nginx/sites-enabled/default
 nginx -t
 systemctl reload nginx
 systemctl daemon-reload
-systemctl enable --now my_service.socket my_service.service
 """
+# All of it with the service's own units (process_manager=systemd):
+INSTALL = (
+    INSTALL_RELEASE
+    + rf"""cp {APP_ROOT}/current/deploy/systemd/my_service.service \
+    {APP_ROOT}/current/deploy/systemd/my_service.socket /etc/systemd/system/
+"""
+    + INSTALL_SITE
+    + "systemctl enable --now my_service.socket my_service.service\n"
+)
 
 
 def lab_problems():

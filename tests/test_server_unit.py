@@ -17,7 +17,7 @@ import time
 import pytest
 
 from testkit.http import get
-from testkit.lab import APP_ROOT, INSTALL, RELEASE, installed_host, require_lab
+from testkit.lab import APP_ROOT, INSTALL, INSTALL_RELEASE, INSTALL_SITE, RELEASE, installed_host, require_lab
 from testkit.load import Load
 from testkit.uwsgi import stats_command
 
@@ -140,9 +140,9 @@ def test_a_killed_master_is_back_within_a_second(host):
     assert ok > 100 and len(failures) <= KILL_FAILURES_MAX
 
 
-# The Emperor's README steps (process_manager=emperor): the shared part as above, then the Emperor.
+# The Emperor's README steps (process_manager=emperor): the release as above, then the Emperor.
 INSTALL_EMPEROR = (
-    INSTALL[: INSTALL.index(f"cp {APP_ROOT}/current/deploy/systemd")]
+    INSTALL_RELEASE
     + rf"""
 python3 -m venv /opt/uwsgi-emperor
 /opt/uwsgi-emperor/bin/pip install --quiet --no-index --find-links /tmp/wheels uwsgi
@@ -151,13 +151,9 @@ cp {APP_ROOT}/current/deploy/emperor/emperor.ini /etc/uwsgi-emperor/
 cp {APP_ROOT}/current/deploy/systemd/uwsgi-emperor.service /etc/systemd/system/
 ln -s {APP_ROOT}/current/deploy/emperor/my_service.ini /etc/uwsgi-emperor/vassals/
 chown -h my_service:www-data /etc/uwsgi-emperor/vassals/my_service.ini
-ln -s {APP_ROOT}/current/deploy/nginx.conf /etc/nginx/sites-enabled/my_service
-rm /etc/nginx/sites-enabled/default
-nginx -t
-systemctl reload nginx
-systemctl daemon-reload
-systemctl enable --now uwsgi-emperor
 """
+    + INSTALL_SITE
+    + "systemctl enable --now uwsgi-emperor\n"
 )
 
 
