@@ -5,6 +5,7 @@
     load         the one load client: keep-alive or not, strict or browser-like, paced or not
     http         requests and health probes through nginx
     uwsgi        uWSGI's unix socket (the uwsgi protocol) and its stats socket
+    proc         processes on this machine: pid files, liveness, children, working directories
     serve        a baked service on this machine: `make serve`, `make deploy`, its processes
     emperor      process_manager=emperor: the Emperor as root, a vassal, nginx in front
     lab          scripts/lab's booted Debian hosts, and the fleets the service's playbooks manage

@@ -38,9 +38,10 @@ def bake_for_serving(directory, env=None, **answers):
     return bake(directory, env=env, http_port=port, **answers), port
 
 
-def make(project, *args, timeout=180):
-    """`make args` in the project: the completed process, whatever it exited with."""
-    return sh(project, "make", *args, check=False, timeout=timeout)
+def make(project, *args, timeout=180, **env):
+    """`make args` in the project, env added to the environment: the completed process, whatever it
+    exited with."""
+    return sh(project, "make", *args, check=False, timeout=timeout, **env)
 
 
 def log_tail(project):
