@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,9 @@ from pathlib import Path
 
 import provenance
 from provenance import REPO
+
+sys.path.append(str(REPO))  # the checkout's root: benchmarks import testkit, never tests/
+from testkit.env import free_port
 
 TOOLS = REPO / ".tools" / "bin"
 RESULTS = REPO / "bench" / "results"
@@ -67,13 +69,6 @@ def bake(out_dir, venv, http_port=None):
     output = run([TOOLS / "cookiecutter", "--no-input", "-o", out_dir, REPO, *extra], 600, env=env)
     found = re.search(r"\.venv ready \(([0-9.]+)s\)", output)
     return {"hook_venv": float(found[1])} if found else {}
-
-
-def free_port():
-    """Return a loopback port that was free a moment ago (bind to port 0, read it, close)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def processes_of(project):

@@ -12,8 +12,8 @@ warm number. Alternatives, run interleaved in every round (order rotated per rou
                committed untimed just before), onto the deployed service, which is idle.
   deploy-load  the same while the same load goes to the deployed service's nginx.
 Load: wrk (-c CONNECTIONS -t 2, a Lua hook counting answers outside 2xx; socket errors are wrk's
-connect/read/write/timeout counts), or with --load threads (the default without wrk) CONNECTIONS
-threads of http.client, where every exception is a failed request. It starts LEAD s before the
+connect/read/write/timeout counts), or with --load threads (the default without wrk) CONNECTIONS strict
+keep-alive clients of testkit/load.py, where every exception is a failed request. It starts LEAD s before the
 command and stops TAIL s after it ends (bounded by the command's timeout in any case).
 Where the time goes: bin/reload, bin/deploy and bin/migrate print `==> <step>` as each step starts.
 The command's output is read as it comes and each `==>` line timestamped; a step lasts until the
@@ -41,7 +41,6 @@ changes is refused unless --allow-dirty, and then the results are marked DIRTY.
 
 import argparse
 import collections
-import http.client
 import json
 import os
 import re
@@ -57,6 +56,9 @@ from pathlib import Path
 
 import provenance
 from bake import REPO, RESULTS, bake, free_port, machine_facts, render, run, stop
+
+sys.path.append(str(REPO))  # the checkout's root: benchmarks import testkit, never tests/
+from testkit.load import Load
 
 ALTERNATIVES = ["reload-idle", "reload-load", "deploy-idle", "deploy-load"]
 TARGETS = {"reload-idle": 3.0, "deploy-idle": 8.0}  # s, median total; under load: 0 failed
@@ -122,67 +124,25 @@ class WrkLoad:
 
 
 class ThreadLoad:
-    """CONNECTIONS threads of http.client, each sending GET / back to back on a keep-alive connection to
-    127.0.0.1:port until stop() or `bound` s. Every exception counts as a failed request."""
+    """CONNECTIONS strict keep-alive clients (testkit/load.py), each sending GET / back to back to
+    127.0.0.1:port until stop() or `bound` s. Any answer outside 200 and every exception is a failed
+    request."""
 
     def __init__(self, port, bound, script=None):
-        self.port, self.deadline, self.started = port, time.monotonic() + bound, time.monotonic()
-        self.outcomes, self.lock, self.stopped = collections.Counter(), threading.Lock(), threading.Event()
-        self.max_latency = 0.0
-        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(CONNECTIONS)]
-        for thread in self.threads:
-            thread.start()
-
-    def record(self, outcome, latency):
-        with self.lock:
-            self.outcomes[outcome] += 1
-            self.max_latency = max(self.max_latency, latency)
-
-    def client(self):
-        try:
-            connection = None
-            while not self.stopped.is_set() and time.monotonic() < self.deadline:
-                start = time.monotonic()
-                try:
-                    if connection is None:
-                        connection = http.client.HTTPConnection(
-                            "127.0.0.1", self.port, timeout=REQUEST_TIMEOUT
-                        )
-                    connection.request("GET", "/", headers={"Host": "127.0.0.1"})
-                    response = connection.getresponse()
-                    response.read()
-                    outcome = response.status
-                    if response.will_close:
-                        connection.close()
-                        connection = None
-                except Exception as error:  # a failed request, counted by its exception's name
-                    outcome = type(error).__name__
-                    if connection is not None:
-                        connection.close()
-                    connection = None
-                self.record(outcome, time.monotonic() - start)
-            if connection is not None:
-                connection.close()
-        except BaseException as error:  # the thread itself broke: a failure too, never lost
-            self.record(f"thread crashed: {error!r}", 0.0)
+        self.started = time.monotonic()
+        self.load = Load(port, CONNECTIONS, bound, record=True, timeout=REQUEST_TIMEOUT).start()
 
     def stop(self):
         seconds = time.monotonic() - self.started
-        self.stopped.set()
-        for thread in self.threads:
-            thread.join(timeout=REQUEST_TIMEOUT + 5)
-        stuck = sum(thread.is_alive() for thread in self.threads)
-        if stuck:
-            self.record(f"thread still running {REQUEST_TIMEOUT + 5:g} s after the stop", 0.0)
-        with self.lock:
-            outcomes = dict(self.outcomes)
-        failures = {str(k): n for k, n in outcomes.items() if not (isinstance(k, int) and 200 <= k < 300)}
+        load = self.load.stop()
+        # A failure is an answer's status, or what was raised (a thread that never stopped, too).
+        non_2xx = sum(isinstance(failure, int) for failure in load.failures)
         return {
-            "requests": sum(outcomes.values()),
-            "non_2xx": sum(n for k, n in outcomes.items() if isinstance(k, int) and not 200 <= k < 300),
-            "socket_errors": sum(n for k, n in outcomes.items() if isinstance(k, str)),
-            "failures": failures,
-            "max_latency_s": self.max_latency,
+            "requests": len(load.records),
+            "non_2xx": non_2xx,
+            "socket_errors": len(load.failures) - non_2xx,
+            "failures": dict(collections.Counter(str(failure) for failure in load.failures)),
+            "max_latency_s": max((latency for _, latency, _ in load.records), default=0.0),
             "load_s": seconds,
         }
 
@@ -551,7 +511,9 @@ def main():
         wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0]
         load = f"{wrk}, -c {CONNECTIONS} -t {WRK_THREADS}, GET / back to back"
     else:
-        load = f"{CONNECTIONS} threads of http.client in this process, GET / back to back"
+        load = (
+            f"{CONNECTIONS} strict keep-alive clients (testkit/load.py) in this process, GET / back to back"
+        )
     facts = {
         **commit,
         **{k: v for k, v in machine_facts().items() if k != "warm_up"},  # bake.py's own note

@@ -25,7 +25,7 @@ both cores, and every CPU second the deploy spends here (the artifact's build, a
 as latency; a paced load measures a service with headroom. Each request's start, latency and outcome
 are recorded. The clients are strict, as wrk, `requests` without retries and most service-to-service
 clients are: a request that a reused keep-alive connection lost before any byte of its answer is not
-sent again (tests/e2e/load.py without resend). Every exception, and any answer outside 2xx, is a
+sent again (testkit/load.py, strict). Every exception, and any answer but 200 (201 for a POST), is a
 failed request. A side thread per web host polls its own nginx (http://<host>/health with Host:
 example.com, so not through lb1) at 1/POLL Hz for the release it serves; one ssh session to lb1 asks
 HAProxy's `show stat` at the same rate: a host in DRAIN (or MAINT) there is out of rotation.
@@ -70,11 +70,13 @@ import time
 from pathlib import Path
 
 import provenance
-from bake import REPO, RESULTS, machine_facts, render, run
+from bake import REPO, RESULTS, machine_facts, render
 
-# The tests' request exchange (a request a reused keep-alive connection lost is sent once more).
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
-import load
+sys.path.append(str(REPO))  # the checkout's root: benchmarks import testkit, never tests/
+from testkit.bake import build_wheelhouse, commit
+from testkit.env import isolate_environment
+from testkit.lab import REQUESTS, lab_fleet, lab_problems
+from testkit.load import Load
 
 SIZES = (2, 3)  # web hosts per fleet
 CLIENTS, RATE = 10, 50.0  # keep-alive clients through lb1, requests/s in all (0: back to back)
@@ -114,66 +116,6 @@ DRAINED = (
 )
 # The table's columns of each round (and of the median rows).
 COLUMNS = ("requests", "failed", "deploy_s", "roll_s", "new_on_all_s", "base", "roll", "p99_ratio")
-
-
-def helpers():
-    """The test suite's lab helpers (tests/test_ansible.py) and its conftest, imported outside pytest."""
-    for path in (REPO / "tests", REPO / "tests" / "e2e"):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-    import conftest
-    import test_ansible
-
-    return test_ansible, conftest
-
-
-class Load:
-    """`clients` strict keep-alive clients sending REQUESTS in turn to host:port, paced to `rate`
-    requests/s in all, until stop() or max_seconds; records (start, latency, error or None) per request."""
-
-    def __init__(self, host, port, requests, clients, rate, max_seconds):
-        self.host, self.port, self.requests, self.clients, self.rate = host, port, requests, clients, rate
-        self.deadline = time.monotonic() + max_seconds
-        self.records, self.stopped = [], threading.Event()
-        self.threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)]
-
-    def connect(self):
-        return http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
-
-    def client(self, index):
-        interval = self.clients / self.rate if self.rate else 0.0
-        connection, sent = self.connect(), index
-        next_at = time.monotonic() + interval * index / self.clients
-        while not self.stopped.is_set() and time.monotonic() < self.deadline:
-            if self.stopped.wait(max(0.0, next_at - time.monotonic())):
-                break
-            method, path, *body = self.requests[sent % len(self.requests)]
-            sent += 1
-            payload = json.dumps(body[0]).encode() if body else None
-            start = time.monotonic()
-            try:
-                status, connection, _ = load.exchange(
-                    connection, self.connect, method, path, payload, resend=False
-                )
-                error = None if 200 <= status < 300 else f"{method} {path}: {status}"
-            except Exception as exception:  # every exception is a failed request
-                error = f"{method} {path}: {exception!r}"
-                connection.close()
-                connection = self.connect()
-            self.records.append((start, time.monotonic() - start, error))
-            next_at = max(next_at + interval, time.monotonic())
-        connection.close()
-
-    def start(self):
-        for thread in self.threads:
-            thread.start()
-
-    def stop(self):
-        self.stopped.set()
-        for thread in self.threads:
-            thread.join(timeout=TIMEOUT + 5)
-        if any(thread.is_alive() for thread in self.threads):
-            raise RuntimeError(f"load threads still running {TIMEOUT + 5:g} s after the stop")
 
 
 def poll_release(address, stopped, deadline, polls):
@@ -231,13 +173,15 @@ def stop_process(process):
             process.wait(timeout=10)
 
 
-def one_round(ta, fleet, names, clients, rate):
+def one_round(fleet, names, clients, rate):
     """Commit a release; deploy it under load through both alternatives on lb1; return (revision,
     {alternative: records}, polls, marks, times, result)."""
-    revision = ta.commit(fleet.project, f"release {time.time():.0f}")
+    revision = commit(fleet.project, f"release {time.time():.0f}")
     seconds = WARMUP + BASELINE + DEPLOY_TIMEOUT + AFTER + 30  # every load and poll stops by itself
     loads = {
-        name: Load(fleet.lb.address, port, ta.REQUESTS, clients, rate, seconds)
+        name: Load(
+            port, clients, seconds, REQUESTS, fleet.lb.address, rate=rate, record=True, timeout=TIMEOUT
+        )
         for name, port in ALTERNATIVES.items()
     }
     stopped, deadline = threading.Event(), time.monotonic() + seconds
@@ -268,6 +212,8 @@ def one_round(ta, fleet, names, clients, rate):
                 poller.join(timeout=10)
         stop_process(ssh)
         reader.join(timeout=10)
+    if stuck := [load.failures[-1] for load in loads.values() if load.stuck]:
+        raise RuntimeError(stuck[0])
     times = {"load": t_load, "deploy": t_deploy, "done": t_done, "end": time.monotonic()}
     return revision, {name: load.records for name, load in loads.items()}, polls, marks, times, result
 
@@ -364,11 +310,11 @@ def timeline(records, t_deploy):
     ]
 
 
-def prepare(ta, fleet, size):
+def prepare(fleet, size):
     """Provision a booted fleet and deploy a first release (untimed)."""
     print(f"  {size} web hosts + lb1 booted ({', '.join(h.address for h in fleet.hosts)})")
     fleet.make("provision")
-    fleet.previous = ta.commit(fleet.project, "first release")
+    fleet.previous = commit(fleet.project, "first release")
     fleet.make("deploy")
     servers = "\n".join(f"    server {host.address}:80 max_fails=1 fail_timeout=5s;" for host in fleet.hosts)
     site = base64.b64encode(NGINX_LB.format(servers=servers).encode()).decode()
@@ -380,7 +326,7 @@ def prepare(ta, fleet, size):
     return fleet, [f"web{i + 1}" for i in range(size)]
 
 
-def measure(ta, runs, clients, rate, base):
+def measure(runs, clients, rate, base):
     """Both fleets side by side, `runs` rounds each (order rotated per round), both alternatives in
     every round; returns the raw runs by "N=<size> <alternative>". Each lab is removed on the way out
     (lab_fleet's finally), also after an error."""
@@ -389,14 +335,14 @@ def measure(ta, runs, clients, rate, base):
         fleets = {}
         for size in SIZES:
             (base / f"n{size}").mkdir()
-            fleet = stack.enter_context(ta.lab_fleet(base / f"n{size}", "bookworm", size, lb=True))
-            fleets[size] = prepare(ta, fleet, size)
+            fleet = stack.enter_context(lab_fleet(base / f"n{size}", "bookworm", size, lb=True))
+            fleets[size] = prepare(fleet, size)
         for round_no in range(runs):
             order = SIZES[round_no % len(SIZES) :] + SIZES[: round_no % len(SIZES)]
             for size in order:
                 fleet, names = fleets[size]
                 loadavg = os.getloadavg()
-                revision, loads, polls, marks, times, result = one_round(ta, fleet, names, clients, rate)
+                revision, loads, polls, marks, times, result = one_round(fleet, names, clients, rate)
                 addresses = {name: host.address for name, host in zip(names, fleet.hosts, strict=True)}
                 final = fleet.revisions()
                 for alternative, records in loads.items():
@@ -597,13 +543,6 @@ def write_results(facts, rows, raw, runs):
     print(f"wrote {RESULTS / 'fleet.json'}, {RESULTS / 'fleet.md'} and {RESULTS / 'fleet.png'}")
 
 
-def lab_problems():
-    """What keeps the lab from booting here (scripts/lab's needs), as one line; empty when none."""
-    problems = [] if os.geteuid() == 0 else ["the lab needs root"]
-    problems += [f"{t} not found" for t in ("systemd-nspawn", "mmdebstrap", "rsync") if not shutil.which(t)]
-    return "; ".join(problems)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="rounds per fleet size (default 2)")
@@ -625,18 +564,14 @@ def main():
     sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens, also in a log file
     # A TERM ends the run through the finally clauses that remove the labs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: terminated"))
-    ta, conftest = helpers()
-    run([REPO / "scripts/wheelhouse"], 600, env={**os.environ, "PYTHON": sys.executable})
+    build_wheelhouse(sys.executable)
     # As the test suite's session fixture: the bakes find uWSGI in the wheelhouse, nothing leaks in.
-    for key in list(os.environ):
-        if key.startswith(("SENTRY_", "CELERY_")) or key in {"STATE_DIR", "DATABASE_URL", "ENV_FILE"}:
-            del os.environ[key]
-    os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"] = str(conftest.WHEELHOUSE)
+    isolate_environment()
     pace = f"paced to {args.rate:g} requests/s in all" if args.rate else "back to back"
     facts = {
         **commit,
         **{k: v for k, v in machine_facts().items() if k != "warm_up"},
-        "load": f"{args.clients} strict keep-alive http.client clients per alternative ({pace}),"
+        "load": f"{args.clients} strict keep-alive clients (testkit/load.py) per alternative ({pace}),"
         " GET /, POST /notes, GET /notes",
         "sizes": list(SIZES),
         "alternatives": {name: f"lb1:{port}" for name, port in ALTERNATIVES.items()},
@@ -645,7 +580,7 @@ def main():
     facts.update(warmup_s=WARMUP, baseline_s=BASELINE, after_s=AFTER, poll_s=POLL, rate=args.rate)
     base = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     try:
-        raw = measure(ta, args.runs, args.clients, args.rate, base)
+        raw = measure(args.runs, args.clients, args.rate, base)
     except (AssertionError, RuntimeError, OSError, subprocess.TimeoutExpired) as error:
         print(f"error: {str(error)[-3000:]}", file=sys.stderr)
         return 1

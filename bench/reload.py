@@ -52,13 +52,14 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from math import nan
 from pathlib import Path
 
 import provenance
 from bake import REPO, RESULTS, TOOLS, bake, free_port, machine_facts, render, run, stop
+
+sys.path.append(str(REPO))  # the checkout's root: benchmarks import testkit, never tests/
+from testkit.http import request
 
 ALTERNATIVES = ["uwsgi-hup", "chain", "gunicorn-hup"]
 GUNICORN = "gunicorn==27.0.1"
@@ -139,13 +140,10 @@ def load_process(port, t_start, t_end):
 
 def health(port, timeout):
     """GET /health through nginx: (status, release), also for a 503 (a dependency down)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout) as response:
-            return response.status, json.load(response).get("release")
-    except urllib.error.HTTPError as error:
-        with contextlib.suppress(ValueError):
-            return error.code, json.load(error).get("release")
-        return error.code, None
+    status, _, body = request(f"http://127.0.0.1:{port}/health", timeout=timeout)
+    with contextlib.suppress(ValueError):
+        return status, json.loads(body).get("release")
+    return status, None
 
 
 def poll_release(port, t_end, polls):

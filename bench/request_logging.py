@@ -1,8 +1,8 @@
 """What does a uWSGI log line per request cost under systemd, where every line goes to journald?
 
 One lab host (scripts/lab, Debian 12, booted systemd) runs the baked service installed by the
-service README's "On a server" steps (tests/test_server_unit.py does the installing), behind the
-distro's nginx. wrk on this machine loads the host's port 80 (GET /) for DURATION s per run.
+service README's "On a server" steps (testkit/lab.py's, as tests/test_server_unit.py installs it),
+behind the distro's nginx. wrk on this machine loads the host's port 80 (GET /) for DURATION s per run.
 Alternatives, interleaved in every round (order rotated per round), the unit restarted between:
   errors-only   as shipped: `disable-logging = true`, uWSGI logs 4xx, 5xx and requests over 1 s
   every-request the line removed: uWSGI's default, one log line per request to the journal
@@ -29,17 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-import test_server_unit as server  # noqa: E402
-from conftest import run_cookiecutter  # noqa: E402
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # the checkout's root: benchmarks import testkit
+from testkit.env import ROOT
+from testkit.lab import INSTALL, RELEASE, installed_host
 
 RESULTS = ROOT / "bench" / "results"
-INI = f"{server.RELEASE}/deploy/uwsgi.ini"
+INI = f"{RELEASE}/deploy/uwsgi.ini"
 ALTERNATIVES = {
     "errors-only": f"sed -i 's/^#disable-logging = true$/disable-logging = true/' {INI}",
     "every-request": f"sed -i 's/^disable-logging = true$/#disable-logging = true/' {INI}",
@@ -59,32 +57,6 @@ def machine_facts():
         "kernel": platform.release(),
         "wrk": out("wrk", "--version").split(" [")[0] if shutil.which("wrk") else None,
     }
-
-
-def install(base):
-    """Boot a lab host and install the baked service on it; return (lab name, Host)."""
-    result = run_cookiecutter(
-        base, "deploy_root=/srv", "python_version=3.11", env={**os.environ, "SKIP_VENV": "1"}
-    )
-    assert result.returncode == 0, result.stderr
-    project = base / "my_service"
-    wheelhouse = server.host_wheelhouse(project)
-    name = "b" + uuid.uuid4().hex[:5]
-    up = subprocess.run([server.LAB, "up", "1", "--name", name], capture_output=True, text=True, check=False)
-    if up.returncode != 0:
-        raise SystemExit(up.stderr)
-    host = server.Host(up.stdout)
-    env_file = project / ".env"
-    extra = f"APP_ENV=production\nALLOWED_HOSTS={host.address}\nSTATE_DIR={server.ROOT_DIR}/shared\n"
-    env_file.write_text(env_file.read_text() + extra)
-    release = base / "release"
-    shutil.copytree(project, release, ignore=shutil.ignore_patterns(".env"))
-    (release / "REVISION").write_text("bench\n")
-    host.copy(release, "/tmp/release")
-    host.copy(wheelhouse, "/tmp/wheels")
-    host.sh(f"cat > /tmp/env <<'EOF'\n{env_file.read_text()}EOF\n")
-    host.sh(server.INSTALL, timeout=300)
-    return name, host
 
 
 def journald_cpu(host):
@@ -143,19 +115,18 @@ def main():
     args = parser.parse_args()
     facts = machine_facts()
     base = Path(tempfile.mkdtemp(prefix="bench-logging-"))
-    name = None
     try:
-        name, host = install(base)
-        runs = []
-        for round_number in range(args.runs):
-            order = list(ALTERNATIVES)[round_number % 2 :] + list(ALTERNATIVES)[: round_number % 2]
-            for alternative in order:
-                runs.append(one_run(host, alternative, args.duration))
-                print(json.dumps(runs[-1]), flush=True)
-                time.sleep(1)
+        with installed_host(base, INSTALL, prefix="b") as (host, installed):
+            if host.sh("systemctl is-active my_service", check=False) != "active":
+                raise SystemExit(f"error: the service did not start on the lab host:\n{installed}")
+            runs = []
+            for round_number in range(args.runs):
+                order = list(ALTERNATIVES)[round_number % 2 :] + list(ALTERNATIVES)[: round_number % 2]
+                for alternative in order:
+                    runs.append(one_run(host, alternative, args.duration))
+                    print(json.dumps(runs[-1]), flush=True)
+                    time.sleep(1)
     finally:
-        if name:
-            subprocess.run([server.LAB, "down", "--name", name], capture_output=True, check=False)
         shutil.rmtree(base, ignore_errors=True)
     text = (
         f"# One log line per request under systemd\n\n{facts['date']}, template {facts['git_rev']}"

@@ -12,7 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import bake, require, run_cookiecutter
+
+from testkit.bake import bake, run_cookiecutter
+from testkit.env import require
 
 pytestmark = pytest.mark.venv
 

@@ -8,7 +8,8 @@ import subprocess
 import tomllib
 
 import pytest
-from conftest import ROOT, require
+
+from testkit.env import ROOT, require
 
 TEMPLATE = ROOT / "{{cookiecutter.project_slug}}"
 MATRIX = [

@@ -7,20 +7,22 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, require
+
+from testkit.env import ROOT, require
 
 
 @pytest.fixture
 def clone(tmp_path):
-    """A clean git clone of the template: this checkout's HEAD plus its bench/*.py as they are now,
-    committed (so the scripts under test are the ones in the working tree)."""
+    """A clean git clone of the template: this checkout's HEAD plus its bench/*.py and the testkit/*.py
+    they import as they are now, committed (so the scripts under test are the ones in the working
+    tree)."""
     require("git")
     path = tmp_path / "shipshape"
     subprocess.run(["git", "clone", "-q", ROOT, path], check=True, timeout=60)
-    for script in (ROOT / "bench").glob("*.py"):
-        shutil.copyfile(script, path / "bench" / script.name)
-    git(path, "add", "bench")
-    git(path, "commit", "-q", "--allow-empty", "-m", "bench/*.py of the working tree")
+    for script in [*(ROOT / "bench").glob("*.py"), *(ROOT / "testkit").glob("*.py")]:
+        shutil.copyfile(script, path / script.relative_to(ROOT))
+    git(path, "add", "bench", "testkit")
+    git(path, "commit", "-q", "--allow-empty", "-m", "bench/*.py and testkit/*.py of the working tree")
     return path
 
 

@@ -1,13 +1,15 @@
 """The baked service's database commands: `make migrate` on fresh SQLite and PostgreSQL databases, and
 `make lint` guarding that the migrations match the models (`make migration` writes the missing one)."""
 
-import os
 import sqlite3
 import subprocess
 import uuid
 
 import pytest
-from conftest import bake, require, require_server
+
+from testkit.bake import bake
+from testkit.env import require, require_server
+from testkit.serve import make
 
 pytestmark = pytest.mark.venv
 
@@ -39,18 +41,6 @@ class Tag(Base):
 def project(tmp_path_factory, wheelhouse):
     require("make")
     return bake(tmp_path_factory.mktemp("database"))
-
-
-def make(project, *args, **env):
-    return subprocess.run(
-        ["make", *args],
-        cwd=project,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
 
 
 def python(project, *args):

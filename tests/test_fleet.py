@@ -18,8 +18,17 @@ import subprocess
 import time
 
 import pytest
-from e2e.load import Load
-from test_ansible import APP_ROOT, REQUESTS, assert_doctor_names_the_host_that_fails, commit, lab_fleet, recap
+
+from testkit.bake import commit
+from testkit.lab import (
+    APP_ROOT,
+    REQUESTS,
+    assert_doctor_names_the_host_that_fails,
+    lab_fleet,
+    recap,
+    rotation_of,
+)
+from testkit.load import Load
 
 pytestmark = [pytest.mark.lab, pytest.mark.venv]
 TASKS = 250  # sent from each web host
@@ -72,18 +81,6 @@ def through_the_balancer(fleet, target, check=True):
     with Clients(fleet) as clients:
         result = fleet.make(target, check=check)
     return result, clients
-
-
-def rotation_of(fleet):
-    """{web host: (address, status)} of lb1's backend, from HAProxy's runtime API (`show stat`)."""
-    csv = fleet.lb.sh("echo 'show stat' | socat stdio /run/haproxy/admin.sock")
-    header, *rows = csv.splitlines()
-    stats = [dict(zip(header.lstrip("# ").split(","), row.split(","), strict=False)) for row in rows if row]
-    return {
-        row["svname"]: (row["addr"], row["status"])
-        for row in stats
-        if row["pxname"] == "my_service_web" and row["svname"] not in ("FRONTEND", "BACKEND")
-    }
 
 
 def assert_every_host_in_rotation(fleet):

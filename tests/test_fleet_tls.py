@@ -14,8 +14,10 @@ import subprocess
 import time
 
 import pytest
-from test_ansible import APP_ROOT, commit, lab_fleet
-from test_fleet import rotation_of
+
+from testkit.bake import commit
+from testkit.http import assert_mozilla_intermediate_tls
+from testkit.lab import APP_ROOT, lab_fleet, rotation_of
 
 pytestmark = [pytest.mark.lab, pytest.mark.venv]
 DOMAIN = "example.com"
@@ -84,21 +86,6 @@ def write(host, path, text, mode="600"):
     assert result.returncode == 0, result.stderr
 
 
-def handshake(fleet, ciphers=None, alpn=None):
-    """A TLS handshake with lb1:443 for example.com (TLS 1.2 only with ciphers): (cipher, ALPN)."""
-    context = ssl.create_default_context(cafile=str(fleet.tls / "ca.pem"))
-    if ciphers:
-        context.maximum_version = ssl.TLSVersion.TLSv1_2
-        context.set_ciphers(ciphers)
-    if alpn:
-        context.set_alpn_protocols(alpn)
-    with (
-        socket.create_connection((fleet.lb.address, 443), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname=DOMAIN) as tls,
-    ):
-        return tls.cipher()[0], tls.selected_alpn_protocol()
-
-
 def https_get(fleet, path):
     """GET path from lb1 over TLS, for example.com: (status, headers as a list of pairs, body)."""
     context = ssl.create_default_context(cafile=str(fleet.tls / "ca.pem"))
@@ -120,12 +107,7 @@ def test_the_load_balancer_speaks_mozillas_intermediate_tls_and_passes_to_the_we
     with forward-secret AEAD suites only), sends HSTS and the security headers once, passes the
     request to web1's own TLS site (its certificate checked: /health reports web1's release), and
     plain HTTP only redirects."""
-    assert handshake(fleet, alpn=["h2", "http/1.1"])[1] == "h2"
-    good = "ECDHE-RSA-AES128-GCM-SHA256"
-    assert handshake(fleet, ciphers=good) == (good, None)
-    for outside in ("AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA"):
-        with pytest.raises(ssl.SSLError):
-            handshake(fleet, ciphers=outside)
+    assert_mozilla_intermediate_tls(fleet.lb.address, 443, fleet.tls / "ca.pem", DOMAIN)
     status, headers, body = https_get(fleet, "/health")
     assert status == 200, body
     assert f'"release": "{fleet.release}"' in body.replace('":"', '": "'), body

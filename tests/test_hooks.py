@@ -5,10 +5,12 @@ import os
 import stat
 
 import pytest
-from conftest import ROOT, run_cookiecutter
 from cookiecutter.environment import StrictEnvironment
 from cookiecutter.generate import generate_context
 from cookiecutter.prompt import prompt_for_config
+
+from testkit.bake import run_cookiecutter
+from testkit.env import ROOT
 
 
 def render_hook(name, tmp_path, **answers):

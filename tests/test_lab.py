@@ -22,9 +22,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import CI, ROOT, free_port, wait_for
 
-LAB = ROOT / "scripts" / "lab"
+from testkit.env import ROOT, fail_or_skip, free_port, wait_for
+from testkit.lab import LAB
+
 LAB_PYTHON_RUNS = Path(os.environ.get("SHIPSHAPE_LAB_STATE", "/var/tmp/shipshape-lab")) / ".python"
 STATE = Path(os.environ.get("SHIPSHAPE_LAB_STATE", "/var/tmp/shipshape-lab"))
 RELEASES = ["bookworm", "trixie"]
@@ -44,10 +45,7 @@ def _lab_prerequisites():
     if os.geteuid() != 0:
         problems.append("the lab needs root (bridges, mounts, cgroups)")
     if problems:
-        message = "; ".join(problems)
-        if CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        fail_or_skip("; ".join(problems))
 
 
 def lab(*arguments, name, check=True, timeout=UP_TIMEOUT):
@@ -419,10 +417,7 @@ def require_services():
     / skip saying how to get them."""
     servers = [*Path("/usr/lib/postgresql").glob("*/bin/postgres"), Path("/usr/bin/redis-server")]
     if len(servers) < 2 or not servers[-1].exists():
-        message = "--services needs PostgreSQL and Redis here: apt-get install postgresql redis-server"
-        if CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        fail_or_skip("--services needs PostgreSQL and Redis here: apt-get install postgresql redis-server")
 
 
 def runs(process):

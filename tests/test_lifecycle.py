@@ -13,7 +13,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TOOLS_BIN, require
+
+from testkit.env import ROOT, TOOLS_BIN, require
 
 # What cookiecutter reads from the template repository.
 TEMPLATE_PARTS = ["cookiecutter.json", "hooks", "{{cookiecutter.project_slug}}"]

@@ -1,4 +1,4 @@
-"""The tests' load client (tests/e2e/load.py) against a server that misbehaves on purpose.
+"""The load client (testkit/load.py) against a server that misbehaves on purpose.
 
 A load balancer may close an idle keep-alive connection just as a client sends on it; browsers
 resend such a request once. Resending anything else would hide a real failure: a client that
@@ -12,7 +12,8 @@ import threading
 import time
 
 import pytest
-from e2e.load import Load, exchange
+
+from testkit.load import Load, exchange
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 

@@ -12,7 +12,9 @@ import uuid
 from contextlib import closing
 
 import pytest
-from conftest import bake, require_server
+
+from testkit.bake import bake
+from testkit.env import require_server
 
 pytestmark = pytest.mark.venv
 

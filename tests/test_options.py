@@ -4,7 +4,9 @@ import json
 import subprocess
 
 import pytest
-from conftest import ROOT, TOOLS_BIN, run_cookiecutter
+
+from testkit.bake import run_cookiecutter
+from testkit.env import ROOT, TOOLS_BIN
 
 OPTIONS = json.loads((ROOT / "cookiecutter.json").read_text())
 

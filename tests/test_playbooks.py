@@ -8,7 +8,9 @@ import json
 import subprocess
 
 import pytest
-from conftest import ROOT, run_cookiecutter
+
+from testkit.bake import run_cookiecutter
+from testkit.env import ROOT
 
 TOOLS = ROOT / ".tools" / "bin"
 PLAYBOOKS = ("provision.yml", "deploy.yml", "rollback.yml")

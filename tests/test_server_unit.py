@@ -8,235 +8,47 @@ clients on this machine sending requests to the host's port 80: it serves inside
 Celery and cron run, it writes under shared/ only, `systemctl reload` drops nothing, and
 `systemctl restart` or a `kill -9` of the master fail only the few requests measured here.
 
-The wheels for the host's Python (Debian 12's /usr/bin/python3, the same as this machine's) are
-built once per machine in ~/.cache/shipshape/wheelhouse-lab-<hash of requirements.txt>.
+The steps (INSTALL), the host and the wheels for its Python are testkit/lab.py's.
 """
 
-import hashlib
-import http.client
-import os
-import shlex
-import shutil
-import subprocess
-import threading
+import json
 import time
-import uuid
-from pathlib import Path
 
 import pytest
-from conftest import CACHE, CI, ROOT, run_cookiecutter
 
-LAB = ROOT / "scripts" / "lab"
-SYSTEM_PYTHON = Path("/usr/bin/python3")
-ROOT_DIR = "/srv/my_service"
-RELEASE = f"{ROOT_DIR}/releases/20260101T000000-baked"
+from testkit.http import get
+from testkit.lab import APP_ROOT, INSTALL, INSTALL_RELEASE, INSTALL_SITE, RELEASE, installed_host, require_lab
+from testkit.load import Load
+from testkit.uwsgi import stats_command
+
 # Failed requests out of all sent while the unit restarts or its master is killed (see README).
 RESTART_FAILURES_MAX = 10
 KILL_FAILURES_MAX = 10
 
 pytestmark = pytest.mark.lab
 
-# The README's "On a server" steps, as root on the host; /tmp/wheels and /tmp/release come from here.
-INSTALL = rf"""
-set -euo pipefail
-apt-get update -q
-apt-get install -y -q --no-install-recommends nginx python3-venv libpython3.11 libxml2
-useradd --system --user-group --home-dir {ROOT_DIR} --no-create-home --shell /usr/sbin/nologin my_service
-install -d -o root -g root -m 755 {ROOT_DIR} {ROOT_DIR}/releases
-install -d -o my_service -g www-data -m 750 {ROOT_DIR}/shared
-for name in run log data static media tmp; do
-    install -d -o my_service -g www-data -m 750 {ROOT_DIR}/shared/$name
-done
-install -o my_service -g my_service -m 600 /tmp/env {ROOT_DIR}/shared/.env
-mv /tmp/release {RELEASE}
-chown -R root:root {RELEASE}
-python3 -m venv {RELEASE}/.venv
-{RELEASE}/.venv/bin/pip install --quiet --no-index --find-links /tmp/wheels -r {RELEASE}/requirements.txt
-ln -s ../../shared/.env {RELEASE}/.env
-ln -s {RELEASE} {ROOT_DIR}/current
-cd {RELEASE} && runuser -u my_service -g www-data -- .venv/bin/python -m my_service.assets
-cp {ROOT_DIR}/current/deploy/systemd/my_service.service {ROOT_DIR}/current/deploy/systemd/my_service.socket \
-    /etc/systemd/system/
-ln -s {ROOT_DIR}/current/deploy/nginx.conf /etc/nginx/sites-enabled/my_service
-rm /etc/nginx/sites-enabled/default
-nginx -t
-systemctl reload nginx
-systemctl daemon-reload
-systemctl enable --now my_service.socket my_service.service
-"""
-
-
-def fail_or_skip(message):
-    if CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def host_wheelhouse(project):
-    """Wheels of every runtime requirement for the host's Python, built here once per machine."""
-    requirements = (project / "requirements.txt").read_bytes()
-    wheelhouse = CACHE / "shipshape" / f"wheelhouse-lab-{hashlib.sha256(requirements).hexdigest()[:12]}"
-    if (wheelhouse / ".complete").exists():
-        return wheelhouse
-    system = CACHE / "shipshape" / "wheelhouse-system"
-    env = {**os.environ, "PYTHON": str(SYSTEM_PYTHON), "WHEELHOUSE": str(system)}
-    subprocess.run([ROOT / "scripts" / "wheelhouse"], check=True, env=env)
-    shutil.rmtree(wheelhouse, ignore_errors=True)
-    command = [SYSTEM_PYTHON, "-m", "pip", "wheel", "--quiet", "--find-links", system, "-w", wheelhouse]
-    subprocess.run([*command, "-r", project / "requirements.txt"], check=True, capture_output=True)
-    (wheelhouse / ".complete").touch()
-    return wheelhouse
-
-
-class Host:
-    """The lab's web1: ssh as root with the lab's key, and its address for clients here."""
-
-    def __init__(self, inventory):
-        fields = dict(line.split("=", 1) for line in inventory.split() if "=" in line)
-        self.address = fields["ansible_host"]
-        self.ssh_command = [
-            "ssh", "-i", fields["ansible_ssh_private_key_file"], "-o", "BatchMode=yes",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR",
-            f"root@{self.address}",
-        ]  # fmt: skip
-        self.key = fields["ansible_ssh_private_key_file"]
-
-    def sh(self, script, check=True, timeout=120):
-        """Run a shell script on the host as root; its stdout."""
-        result = subprocess.run(
-            [*self.ssh_command, "bash -s"], input=script, capture_output=True, text=True, timeout=timeout
-        )
-        if check:
-            assert result.returncode == 0, (
-                f"{script}\n--- rc {result.returncode}\n{result.stdout}{result.stderr}"
-            )
-        return result.stdout.strip()
-
-    def copy(self, source, target):
-        ssh = shlex.join(self.ssh_command[:-1])
-        command = ["rsync", "-a", "-e", ssh, f"{source}/", f"root@{self.address}:{target}/"]
-        subprocess.run(command, check=True, capture_output=True, timeout=300)
-
-    def journal(self, since="-1h"):
-        return self.sh(f"journalctl -u my_service --no-pager -o cat --since={since}")
-
-
-def require_lab():
-    problems = [tool for tool in ("systemd-nspawn", "mmdebstrap", "rsync") if not shutil.which(tool)]
-    problems = [f"{tool} not found" for tool in problems]
-    if os.geteuid() != 0:
-        problems.append("the lab needs root")
-    if not SYSTEM_PYTHON.exists():
-        problems.append(f"{SYSTEM_PYTHON} (Debian 12's, as on the hosts) is missing")
-    if problems:
-        fail_or_skip("; ".join(problems) + " (apt-get install systemd-container mmdebstrap rsync python3)")
-
-
-def boot_and_install(base, install, *answers):
-    """Bake with answers, boot a lab host, copy release, wheels and .env, run install; (name, Host)."""
-    result = run_cookiecutter(
-        base, "deploy_root=/srv", "python_version=3.11", *answers, env={**os.environ, "SKIP_VENV": "1"}
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    project = base / "my_service"
-    wheelhouse = host_wheelhouse(project)
-    name = "u" + uuid.uuid4().hex[:5]
-    up = subprocess.run([LAB, "up", "1", "--name", name], capture_output=True, text=True, check=False)
-    assert up.returncode == 0, up.stderr
-    web1 = Host(up.stdout)
-    env_file = project / ".env"
-    settings = [f"APP_ENV=production\nALLOWED_HOSTS={web1.address},example.com\nSTATE_DIR={ROOT_DIR}/shared"]
-    env_file.write_text(env_file.read_text() + "\n".join(settings) + "\n")
-    release = base / "release"
-    shutil.copytree(project, release, ignore=shutil.ignore_patterns(".env"))
-    (release / "REVISION").write_text("baked\n")
-    web1.copy(release, "/tmp/release")
-    web1.copy(wheelhouse, "/tmp/wheels")
-    web1.sh(f"cat > /tmp/env <<'EOF'\n{env_file.read_text()}EOF\n")
-    installed = web1.sh(install, timeout=300, check=False)
-    return name, web1, installed
-
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     """web1 of a fresh lab, serving a baked service installed by the README's steps."""
     require_lab()
-    name = None
-    try:
-        name, web1, installed = boot_and_install(tmp_path_factory.mktemp("server-unit"), INSTALL)
+    with installed_host(tmp_path_factory.mktemp("server-unit"), INSTALL) as (web1, installed):
         journal = web1.sh("journalctl -u my_service --no-pager -o cat | tail -n 40", check=False)
         assert web1.sh("systemctl is-active my_service", check=False) == "active", installed + journal
         yield web1
-    finally:
-        if name:
-            subprocess.run([LAB, "down", "--name", name], capture_output=True, timeout=300, check=False)
-
-
-def get(host, path="/"):
-    """(status, body) of GET path from this machine through the host's nginx."""
-    connection = http.client.HTTPConnection(host.address, 80, timeout=30)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
 
 
 def under_load(host, action, settle):
-    """Run action (a shell script on the host) under 200 GET / a second from here; (ok, failures)."""
-    with Paced(host.address) as load:
+    """Run action (a shell script on the host) under 200 GET / a second from here: 10 strict keep-alive
+    clients at a steady pace each (a fast 502 does not make a client send more); (ok, failures)."""
+    with Load(80, threads=10, max_seconds=600, host=host.address, rate=200) as load:
         time.sleep(2)
         host.sh(action, timeout=120)
         deadline = time.monotonic() + 60
-        while get(host)[0] != 200 and time.monotonic() < deadline:
+        while get(host.url + "/")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(settle)
     return load.ok, load.failures
-
-
-class Paced:
-    """`threads` keep-alive clients here, together `rate` GET / a second to the host's port 80, each
-    at its own steady pace (a fast 502 does not make a client send more): every answer but 200 and
-    every exception is a failure."""
-
-    def __init__(self, address, rate=200, threads=10):
-        self.address, self.interval, self.count = address, threads / rate, threads
-        self.ok, self.failures, self.running = 0, [], True
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.client, args=(n,), daemon=True) for n in range(threads)]
-
-    def client(self, number):
-        connection = http.client.HTTPConnection(self.address, 80, timeout=30)
-        due = time.monotonic() + number * self.interval / self.count
-        while self.running:
-            time.sleep(max(0.0, due - time.monotonic()))
-            due += self.interval
-            try:
-                connection.request("GET", "/")
-                response = connection.getresponse()
-                response.read()
-                outcome = response.status
-            except Exception as error:  # every exception is a failed request
-                outcome = repr(error)
-                connection.close()
-                connection = http.client.HTTPConnection(self.address, 80, timeout=30)
-            with self.lock:
-                if outcome == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(outcome)
-        connection.close()
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        for thread in self.threads:
-            thread.join(timeout=60)
 
 
 def master_pid(host):
@@ -245,11 +57,11 @@ def master_pid(host):
 
 def test_unit_serves_through_the_distros_nginx_inside_its_sandbox(host):
     """GET / and /health through port 80: nginx reaches the 660 socket, owned by the service, www-data."""
-    status, body = get(host)
+    status, _, body = get(host.url + "/")
     assert status == 200, body
-    status, body = get(host, "/health")
+    status, _, body = get(host.url + "/health")
     assert status == 200 and '"release"' in body, body
-    socket = host.sh(f"stat -c '%U:%G %a' {ROOT_DIR}/shared/run/uwsgi.sock")
+    socket = host.sh(f"stat -c '%U:%G %a' {APP_ROOT}/shared/run/uwsgi.sock")
     assert socket == "my_service:www-data 660"
     sandbox = host.sh("systemctl show --property NoNewPrivileges,ProtectSystem,PrivateUsers my_service")
     assert sorted(sandbox.split()) == ["NoNewPrivileges=yes", "PrivateUsers=yes", "ProtectSystem=strict"]
@@ -258,13 +70,10 @@ def test_unit_serves_through_the_distros_nginx_inside_its_sandbox(host):
 def test_unit_is_active_only_once_every_worker_accepts(host):
     """`systemctl restart` returns when the workers serve: a request right after it is answered."""
     host.sh("systemctl restart my_service")
-    stats = host.sh(
-        f'{RELEASE}/.venv/bin/python -c "import json,socket; s=socket.socket(socket.AF_UNIX); '
-        f"s.connect('{ROOT_DIR}/shared/run/stats.sock'); "
-        "d=json.loads(b''.join(iter(lambda: s.recv(65536), b''))); "
-        "print(sum(w['accepting'] for w in d['workers']), len(d['workers']))\""
+    stats = json.loads(
+        host.sh(stats_command(f"{RELEASE}/.venv/bin/python", f"{APP_ROOT}/shared/run/stats.sock"))
     )
-    accepting, workers = stats.split()
+    accepting, workers = str(sum(w["accepting"] for w in stats["workers"])), str(len(stats["workers"]))
     assert accepting == workers == "4"
 
 
@@ -286,13 +95,13 @@ def test_the_service_writes_under_shared_only(host):
     pid = master_pid(host)
     ids = "--setuid $(id -u my_service) --setgid $(getent group www-data | cut -d: -f3)"
     enter = f"nsenter --target {pid} --mount {ids}"
-    assert host.sh(f"{enter} touch {ROOT_DIR}/shared/media/upload.bin && echo written") == "written"
-    for outside in (f"{RELEASE}/written", "/run/lock/written", "/dev/shm/written", f"{ROOT_DIR}/written"):
+    assert host.sh(f"{enter} touch {APP_ROOT}/shared/media/upload.bin && echo written") == "written"
+    for outside in (f"{RELEASE}/written", "/run/lock/written", "/dev/shm/written", f"{APP_ROOT}/written"):
         result = host.sh(f"{enter} touch {outside} 2>&1; echo rc=$?", check=False)
         assert "rc=1" in result and "Read-only file system" in result, (outside, result)
     # Nothing the service made during the tests lies outside shared/ (its private /tmp aside).
     strays = host.sh(
-        f"find / -xdev -user my_service -not -path '{ROOT_DIR}/shared*' -not -path '/tmp/systemd-private-*'"
+        f"find / -xdev -user my_service -not -path '{APP_ROOT}/shared*' -not -path '/tmp/systemd-private-*'"
     )
     assert strays == ""
 
@@ -300,7 +109,7 @@ def test_the_service_writes_under_shared_only(host):
 def test_journald_holds_the_services_logs_but_no_request_lines(host):
     """uWSGI, Celery and cron log to the journal; requests are nginx's access log's alone."""
     for _ in range(20):
-        get(host)
+        get(host.url + "/")
     journal = host.journal()
     assert "spawned uWSGI worker" in journal
     assert "celery@" in journal and "ready." in journal
@@ -331,24 +140,20 @@ def test_a_killed_master_is_back_within_a_second(host):
     assert ok > 100 and len(failures) <= KILL_FAILURES_MAX
 
 
-# The Emperor's README steps (process_manager=emperor): the shared part as above, then the Emperor.
+# The Emperor's README steps (process_manager=emperor): the release as above, then the Emperor.
 INSTALL_EMPEROR = (
-    INSTALL[: INSTALL.index(f"cp {ROOT_DIR}/current/deploy/systemd")]
+    INSTALL_RELEASE
     + rf"""
 python3 -m venv /opt/uwsgi-emperor
 /opt/uwsgi-emperor/bin/pip install --quiet --no-index --find-links /tmp/wheels uwsgi
 install -d /etc/uwsgi-emperor/vassals
-cp {ROOT_DIR}/current/deploy/emperor/emperor.ini /etc/uwsgi-emperor/
-cp {ROOT_DIR}/current/deploy/systemd/uwsgi-emperor.service /etc/systemd/system/
-ln -s {ROOT_DIR}/current/deploy/emperor/my_service.ini /etc/uwsgi-emperor/vassals/
+cp {APP_ROOT}/current/deploy/emperor/emperor.ini /etc/uwsgi-emperor/
+cp {APP_ROOT}/current/deploy/systemd/uwsgi-emperor.service /etc/systemd/system/
+ln -s {APP_ROOT}/current/deploy/emperor/my_service.ini /etc/uwsgi-emperor/vassals/
 chown -h my_service:www-data /etc/uwsgi-emperor/vassals/my_service.ini
-ln -s {ROOT_DIR}/current/deploy/nginx.conf /etc/nginx/sites-enabled/my_service
-rm /etc/nginx/sites-enabled/default
-nginx -t
-systemctl reload nginx
-systemctl daemon-reload
-systemctl enable --now uwsgi-emperor
 """
+    + INSTALL_SITE
+    + "systemctl enable --now uwsgi-emperor\n"
 )
 
 
@@ -356,14 +161,12 @@ def test_emperor_unit_runs_its_vassal_inside_its_sandbox(tmp_path):
     """process_manager=emperor: the sandboxed Emperor starts the vassal as its link's owner; it serves,
     Celery runs, and the vassal cannot write outside the deploy root."""
     require_lab()
-    name = None
-    try:
-        name, web1, installed = boot_and_install(tmp_path, INSTALL_EMPEROR, "process_manager=emperor")
+    with installed_host(tmp_path, INSTALL_EMPEROR, "process_manager=emperor") as (web1, installed):
         deadline = time.monotonic() + 90
-        while get(web1)[0] != 200 and time.monotonic() < deadline:
+        while get(web1.url + "/")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.5)
         journal = web1.sh("journalctl -u uwsgi-emperor --no-pager -o cat | tail -n 40", check=False)
-        assert get(web1)[0] == 200, installed + journal
+        assert get(web1.url + "/")[0] == 200, installed + journal
         owners = web1.sh("ps -o user= -C uwsgi | sort | uniq -c")
         assert "my_service" in owners and owners.count("root") == 1, owners
         script = (
@@ -371,9 +174,6 @@ def test_emperor_unit_runs_its_vassal_inside_its_sandbox(tmp_path):
             "'from my_service.tasks import add; print(add.delay(2, 3).get(timeout=60, interval=0.1))'"
         )
         assert web1.sh(script, timeout=120).splitlines()[-1] == "5"
-        pid = web1.sh(f"cat {ROOT_DIR}/shared/run/uwsgi.pid")
+        pid = web1.sh(f"cat {APP_ROOT}/shared/run/uwsgi.pid")
         result = web1.sh(f"nsenter --target {pid} --mount touch /etc/written 2>&1; echo rc=$?", check=False)
         assert "Read-only file system" in result, result
-    finally:
-        if name:
-            subprocess.run([LAB, "down", "--name", name], capture_output=True, timeout=300, check=False)

@@ -5,7 +5,9 @@ import stat
 import subprocess
 
 import pytest
-from conftest import bake, env_with_python, require_server, run_cookiecutter
+
+from testkit.bake import bake, env_with_python, run_cookiecutter
+from testkit.env import require_server
 
 pytestmark = pytest.mark.venv
 

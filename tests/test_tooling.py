@@ -4,7 +4,8 @@ import os
 import subprocess
 
 import pytest
-from conftest import ROOT, TOOLS_BIN
+
+from testkit.env import ROOT, TOOLS_BIN
 
 
 def as_unprivileged_user(command):
@@ -39,9 +40,9 @@ def test_no_collected_test_fails_in_ci_only(ci, status):
 
 
 def test_the_templates_own_python_passes_ruff():
-    """Tests, benchmarks and hooks follow the same lint and format rules as the baked service."""
+    """Tests, testkit, benchmarks and hooks follow the same lint and format rules as the baked service."""
     ruff = str(TOOLS_BIN / "ruff")
-    paths = ["tests", "bench", "hooks", "scripts/lab", "scripts/lab-apt-proxy"]
+    paths = ["tests", "bench", "testkit", "hooks", "scripts/lab", "scripts/lab-apt-proxy"]
     for command in ([ruff, "check", *paths], [ruff, "format", "--check", *paths]):
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -13,7 +13,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import bake, require, run_cookiecutter
+
+from testkit.bake import bake, run_cookiecutter
+from testkit.env import require
 
 pytestmark = pytest.mark.venv
 

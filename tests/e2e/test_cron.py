@@ -11,8 +11,9 @@ import re
 import signal
 
 import pytest
-from conftest import bake, free_port, require, wait_for
-from test_serve import log_tail, make
+
+from testkit.env import wait_for
+from testkit.serve import bake_for_serving, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
@@ -75,18 +76,14 @@ def test_a_full_reload_never_starts_a_second_copy_of_a_running_job(tmp_path, whe
     """A reload while a job runs fires it again; the second copy skips, and the job runs again
     at the next minute: no copy starts while another runs (killed copies included), and none is
     skipped for long."""
-    require("nginx")
-    require("make")
-    project = bake(tmp_path, http_port=free_port(), use_celery="false", use_sentry="false")
+    project, _ = bake_for_serving(tmp_path, use_celery="false", use_sentry="false")
     jobs = project / "my_service" / "jobs.py"
     main_guard = '\nif __name__ == "__main__":'
     jobs.write_text(jobs.read_text().replace(main_guard, SLOW_JOB + main_guard))
     with open(project / "deploy" / "uwsgi.ini", "a") as ini:
         ini.write(SLOW_CRON)
     marks = project / "var" / "tmp" / "slow.log"
-    try:
-        result = make(project, "serve")
-        assert result.returncode == 0, result.stdout + result.stderr + log_tail(project)
+    with serving(project, check_stop=True, stop_timeout=120):
         wait_for(lambda: marks.exists() and "start" in marks.read_text(), 60, "the job's first run")
         log = project / "var" / "log" / "uwsgi.log"
         # A worker still importing the app misses the reload signal and is killed only after
@@ -96,12 +93,6 @@ def test_a_full_reload_never_starts_a_second_copy_of_a_running_job(tmp_path, whe
         os.kill(master, signal.SIGHUP)
         wait_for(lambda: "job slow is already running; skipped" in log.read_text(), 60, "a skipped copy")
         wait_for(lambda: len(runs(marks)) >= 2, 100, "the next minute's run")
-    except BaseException:
-        print(log_tail(project))
-        raise
-    finally:
-        stopped = make(project, "stop", timeout=120)
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert started_while_another_ran(marks) == [], marks.read_text()
     finished = runs(marks)
     for (_, end), (start, _) in itertools.pairwise(finished):

@@ -1,17 +1,18 @@
 """End to end on the real PostgreSQL: deploys whose migrations change the schema while the old and
 the new release serve side by side, under load through nginx (GET and POST), without a failed request."""
 
-import contextlib
 import json
 import os
 import subprocess
 import uuid
 
 import pytest
-from conftest import bake, free_port, require, require_server
-from load import Load
-from test_deploy import commit, diagnostics, health, releases_served, sh
-from test_serve import get
+
+from testkit.bake import commit, sh
+from testkit.env import require_server
+from testkit.http import get, health, releases_served
+from testkit.load import Load
+from testkit.serve import bake_for_serving, deployed, diagnostics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -37,29 +38,23 @@ def psql(project, url, statement=None):
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, wheelhouse):
     """A baked service on a PostgreSQL database of its own, in git, deployed into var/deploy."""
-    require("nginx")
-    require("make")
     require_server("PostgreSQL", 5432, "apt-get install postgresql (trust auth for postgres on 127.0.0.1)")
-    port = free_port()
-    project = bake(tmp_path_factory.mktemp("migrations"), http_port=port)
+    project, port = bake_for_serving(tmp_path_factory.mktemp("migrations"))
     name = f"deploy_{uuid.uuid4().hex[:12]}"
     url = f"postgresql://postgres@127.0.0.1:5432/{name}"
     psql(project, SERVER, f"CREATE DATABASE {name}")
     with open(project / ".env", "a") as env:
         env.write(f"DATABASE_URL={url}\n")
-    sh(project, "git", "init", "-q")
-    commit(project, "v1")
-    root = project / "var" / "deploy"
     try:
-        sh(project, "make", "deploy")
-        yield {"project": project, "port": port, "root": root, "url": url}
+        with deployed(project) as (_, root):
+            yield {
+                "project": project,
+                "port": port,
+                "web": f"http://127.0.0.1:{port}",
+                "root": root,
+                "url": url,
+            }
     finally:
-        stop = sh(project, "make", "stop", check=False, DEPLOY_ROOT=str(root))
-        # If `make stop` failed half-way, the groups its pidfiles name are killed here.
-        for pidfile in (root / "shared" / "run").glob("*.p*id"):
-            with contextlib.suppress(ValueError, ProcessLookupError):
-                if stop.returncode != 0:
-                    os.killpg(int(pidfile.read_text()), 9)
         psql(project, SERVER, f"DROP DATABASE {name} WITH (FORCE)")
 
 
@@ -104,10 +99,10 @@ def test_a_deploy_whose_migration_adds_a_column_the_new_code_writes_and_reads_fa
     with Load(port, requests=TRAFFIC) as load:
         expanded = commit(project, "expand: notes.tag")
         sh(project, "make", "deploy")
-        assert releases_served(port) == {expanded}
+        assert releases_served(service["web"]) == {expanded}
     no_failures(load, root)
     assert "tag" in psql(project, url)
-    status, _, body = get(f"http://127.0.0.1:{port}/notes")
+    status, _, body = get(service["web"] + "/notes")
     notes = json.loads(body)
     assert status == 200 and any(note.get("tag") == "load" for note in notes["notes"]), notes
 
@@ -125,7 +120,7 @@ def test_a_breaking_migration_is_refused_before_the_switch_and_runs_after_it_onc
         edit(package / "models.py", "    tag: Mapped[str | None] = mapped_column(String(50))\n", "")
         stops_using = commit(project, "contract 1: the code stops using notes.tag")
         sh(project, "make", "deploy")
-        assert releases_served(port) == {stops_using}
+        assert releases_served(service["web"]) == {stops_using}
 
         revision = make_migration(project, "drop notes.tag")
         dropping = commit(project, "contract 2: drop notes.tag")
@@ -138,13 +133,13 @@ def test_a_breaking_migration_is_refused_before_the_switch_and_runs_after_it_onc
         edit(revision, "AFTER_SWITCH = False", "AFTER_SWITCH = True")
         marked = commit(project, "contract 2: drop notes.tag after the switch")
         deployed = sh(project, "bin/deploy")
-        assert releases_served(port) == {marked}
+        assert releases_served(service["web"]) == {marked}
         assert "tag" not in psql(project, url)
         assert deployed.stdout.index("==> verify") < deployed.stdout.index("==> migrate_after")
 
         sh(project, "make", "rollback")
-        assert releases_served(port) == {stops_using}
+        assert releases_served(service["web"]) == {stops_using}
         assert "tag" not in psql(project, url)
     no_failures(load, root)
-    assert dropping != marked and health(port)["status"] == "ok"
+    assert dropping != marked and health(service["web"])[1]["status"] == "ok"
     assert os.path.exists(root / "history")

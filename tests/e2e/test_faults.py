@@ -3,27 +3,27 @@
 One service served by `make serve`, its broker a throwaway Redis of this module on a free loopback
 port (never the machine's shared one, which others use), so that the broker can be stopped and
 started again. Its app database lives in a directory of its own, so that it alone can be made
-unwritable. The master killed under the Emperor uses test_emperor's layout.
+unwritable. The master killed under the Emperor uses the layout test_emperor.py's vassal runs in
+(the emperor_layout fixture, tests/e2e/conftest.py).
 """
 
 import contextlib
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
-from conftest import bake, free_port, require, wait_for
-from load import Load
-from test_deploy import RECORD_TASK
-from test_emperor import alive, pid_file, start_emperor, start_nginx
-from test_emperor import health as emperor_health
-from test_emperor import layout as emperor_layout  # noqa: F401 (a fixture)
-from test_serve import get, serving, uwsgi_stats
+
+from testkit.emperor import pid_file, start_nginx, vassal_running
+from testkit.env import free_port, require, wait_for
+from testkit.http import get, health
+from testkit.load import Load
+from testkit.proc import alive, read_pid
+from testkit.serve import RECORD_TASK, bake_for_serving, send_task, serving
+from testkit.uwsgi import uwsgi_stats
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 # deploy/uwsgi.ini: a worker has at most this many requests in flight.
@@ -92,10 +92,7 @@ def slow():
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, wheelhouse, redis):
     """A baked service served by `make serve` (Celery on the module's Redis); stopped after."""
-    require("nginx")
-    require("make")
-    port = free_port()
-    project = bake(tmp_path_factory.mktemp("faults"), http_port=port)
+    project, port = bake_for_serving(tmp_path_factory.mktemp("faults"))
     with open(project / "my_service" / "tasks.py", "a") as tasks:
         tasks.write(RECORD_TASK)
     with open(project / "my_service" / "views.py", "a") as views:
@@ -111,28 +108,10 @@ def service(tmp_path_factory, wheelhouse, redis):
         yield {"project": project, "port": port, "url": f"http://127.0.0.1:{port}", "run": run}
 
 
-def health(service):
-    status, _, body = get(service["url"] + "/health")
-    return status, json.loads(body)
-
-
 def web_workers(service):
     """{worker id: pid} from uWSGI's stats socket."""
-    workers = uwsgi_stats(service["project"])["workers"]
+    workers = uwsgi_stats(service["run"] / "stats.sock")["workers"]
     return {worker["id"]: worker["pid"] for worker in workers if worker["pid"]}
-
-
-def python(service, code, timeout=120):
-    """Run Python in the service's venv and directory: a Celery client, as the app would be."""
-    project = service["project"]
-    return subprocess.run(
-        [project / ".venv/bin/python", "-c", "from my_service.tasks import *\n" + code],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def executions(service, prefix):
@@ -180,17 +159,19 @@ def test_with_the_broker_stopped_health_is_503_pages_200_and_tasks_arrive_once_i
     """Redis stopped: /health answers 503 naming the broker (the database still ok) while pages
     answer 200; a plain send fails loudly instead of vanishing, a send that retries is delivered
     once Redis is back, and the Celery worker reconnects by itself and runs it."""
-    assert health(service)[0] == 200
+    assert health(service["url"])[0] == 200
     retrying = None
     redis.stop()
     try:
         try:
-            _, body = wait_for(lambda: (answer := health(service))[0] == 503 and answer, 15, "/health 503")
+            _, body = wait_for(
+                lambda: (answer := health(service["url"]))[0] == 503 and answer, 15, "/health 503"
+            )
             assert body["broker"].startswith("error: ") and body["database"] == "ok", body
             with Load(service["port"], threads=10, max_seconds=30) as load:
                 time.sleep(3)
             assert load.ok > 50 and not load.failures, load.failures
-            plain = python(service, "record.delay('broker-plain', 0)", timeout=60)
+            plain = send_task(service["project"], "record.delay('broker-plain', 0)", timeout=60)
             assert plain.returncode != 0 and "OperationalError" in plain.stderr, plain.stderr[-2000:]
             # A sender that retries (the retry_policy a user passes when a task must not be dropped).
             retrying = subprocess.Popen(
@@ -211,7 +192,7 @@ def test_with_the_broker_stopped_health_is_503_pages_200_and_tasks_arrive_once_i
             os.killpg(retrying.pid, signal.SIGKILL)
             retrying.wait(timeout=10)
     assert retrying.returncode == 0, err[-2000:]
-    wait_for(lambda: health(service)[0] == 200, 30, "/health 200 again")
+    wait_for(lambda: health(service["url"])[0] == 200, 30, "/health 200 again")
     wait_for(lambda: executions(service, "broker-"), 60, "the task sent while the broker was down ran")
     assert executions(service, "broker-") == ["broker-retried"]
     assert out.split() == ["broker-retried"]
@@ -228,7 +209,7 @@ def test_a_killed_celery_worker_is_respawned_and_no_task_is_lost(service):
     """kill -9 of the Celery worker while it runs tasks: uWSGI starts a new one, and every task
     runs; those the killed worker held are redelivered by Redis after the visibility timeout
     (acks_late: at least once, so a task killed after its work but before its ack runs twice)."""
-    sent = python(service, "for key in range(12):\n    record.delay(f'kill-{key}', 1)\n")
+    sent = send_task(service["project"], "for key in range(12):\n    record.delay(f'kill-{key}', 1)\n")
     assert sent.returncode == 0, sent.stderr[-2000:]
     wait_for(lambda: executions(service, "kill-"), 30, "a first task done")
     time.sleep(0.3)
@@ -246,11 +227,9 @@ def test_a_killed_celery_worker_is_respawned_and_no_task_is_lost(service):
 
 
 def pid_of(path):
-    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-        pid = int(path.read_text())
-        os.kill(pid, 0)
-        return pid
-    return None
+    """The pid in a pid file while that process is alive; None otherwise."""
+    pid = read_pid(path)
+    return pid if pid and alive(pid) else None
 
 
 def unwritable(directory):
@@ -273,17 +252,17 @@ def test_an_unwritable_database_turns_health_503_and_recovers_by_itself(service)
     """The app database's directory becomes unwritable (SQLite cannot write its journal): /health
     answers 503 naming the database while pages answer 200; once writable, /health is 200 again."""
     directory = service["project"] / "var" / "db"
-    assert health(service)[0] == 200
+    assert health(service["url"])[0] == 200
     restore = unwritable(directory)
     try:
-        _, body = wait_for(lambda: (answer := health(service))[0] == 503 and answer, 15, "/health 503")
+        _, body = wait_for(lambda: (answer := health(service["url"]))[0] == 503 and answer, 15, "/health 503")
         assert body["database"].startswith("error: ") and body["broker"] == "ok", body
         with Load(service["port"], threads=10, max_seconds=30) as load:
             time.sleep(3)
         assert load.ok > 50 and not load.failures, load.failures
     finally:
         restore()
-    wait_for(lambda: health(service)[0] == 200, 15, "/health 200 again")
+    wait_for(lambda: health(service["url"])[0] == 200, 15, "/health 200 again")
 
 
 def test_the_sqlite_broker_loses_the_tasks_a_killed_worker_held_and_no_other(service, tmp_path):
@@ -354,20 +333,17 @@ def visible_messages(broker):
         return connection.execute("SELECT count(*) FROM kombu_message WHERE visible = 1").fetchone()[0]
 
 
-def test_a_master_killed_under_the_emperor_is_respawned_and_serves_through_nginx(emperor_layout):  # noqa: F811
+def test_a_master_killed_under_the_emperor_is_respawned_and_serves_through_nginx(emperor_layout):
     """kill -9 of the vassal's uWSGI master under load through nginx: the Emperor starts it again,
     requests succeed again within 60 s without anyone acting, and the killed master's Celery
     worker does not linger beside the new one."""
     require("nginx")
     layout = emperor_layout
-    emperor, log = start_emperor(layout)
-    vassal = layout["srv"] / "vassals" / "my_service.ini"
-    groups, nginx_pid = [emperor.pid], None
-    try:
-        vassal.symlink_to(layout["root"] / "current" / "deploy" / "emperor" / "my_service.ini")
-        subprocess.run(["chown", "-h", "nobody:www-data", vassal], check=True)
-        wait_for(lambda: emperor_health(layout) == 200, 60, "the vassal answers /health")
+    with vassal_running(layout) as (emperor, _, groups):
         port, nginx_pid = start_nginx(layout)
+        # nginx's master leads the process group of its workers (it called setsid): its group is
+        # killed on the way out, as the vassal's are; a kill of the master alone would leave them.
+        groups.append(nginx_pid)
         master = pid_file(layout, "uwsgi.pid")
         celery = wait_for(lambda: pid_file(layout, "celery.pid"), 60, "Celery's pid file")
         groups += [master, celery]
@@ -389,20 +365,3 @@ def test_a_master_killed_under_the_emperor_is_respawned_and_serves_through_nginx
         groups.append(pid_file(layout, "celery.pid"))
         assert new_celery and alive(pid_file(layout, "celery.pid"))
         assert emperor.poll() is None
-    except BaseException:
-        log.flush()
-        print((layout["srv"] / "emperor.log").read_text()[-6000:], file=sys.stderr)
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            vassal.unlink()
-        if nginx_pid:
-            # nginx's master leads the process group of its workers (it called setsid): a kill of
-            # the master alone would leave them running.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(nginx_pid, signal.SIGKILL)
-        for pgid in filter(None, groups):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-        emperor.wait(timeout=30)
-        log.close()

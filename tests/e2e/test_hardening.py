@@ -18,8 +18,11 @@ import time
 import uuid
 
 import pytest
-from conftest import bake, free_port, require, run_cookiecutter, wait_for
-from test_serve import serving
+
+from testkit.bake import GIT, run_cookiecutter
+from testkit.env import free_port, require, wait_for
+from testkit.http import assert_mozilla_intermediate_tls
+from testkit.serve import bake_for_serving, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 SECRET_CONTENT = "TOP-SECRET-CONTENT-4f1c"
@@ -87,10 +90,7 @@ def values(headers, name):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, wheelhouse):
     """A default service under `make serve` on a free port, with files nginx must never hand out."""
-    require("nginx")
-    require("make")
-    port = free_port()
-    project = bake(tmp_path_factory.mktemp("hardening"), http_port=port)
+    project, port = bake_for_serving(tmp_path_factory.mktemp("hardening"))
     with open(project / "my_service/views.py", "a") as views:
         views.write(USER_VIEWS)
     with serving(project):
@@ -316,21 +316,6 @@ def tls_harness(directory, site, http_port, https_port):
     )
 
 
-def handshake(port, cafile, ciphers=None, alpn=None):
-    """A TLS 1.2 (with ciphers) or any-version handshake with localhost:port: (cipher, ALPN protocol)."""
-    context = ssl.create_default_context(cafile=str(cafile))
-    if ciphers:
-        context.maximum_version = ssl.TLSVersion.TLSv1_2
-        context.set_ciphers(ciphers)
-    if alpn:
-        context.set_alpn_protocols(alpn)
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
-        return tls.cipher()[0], tls.selected_alpn_protocol()
-
-
 def test_tls_site_serves_https_with_hsts_and_redirects_plain_http(served, tmp_path):
     """use_tls: `nginx -t` passes with real certificate files; HTTPS answers with HSTS, HTTP redirects."""
     nginx = require("nginx")
@@ -379,14 +364,7 @@ def test_tls_site_serves_https_with_hsts_and_redirects_plain_http(served, tmp_pa
             "max-age=31536000; includeSubDomains"
         ]
         connection.close()
-        # Mozilla's intermediate profile: HTTP/2 by ALPN, TLS 1.2 only with forward-secret AEAD
-        # suites (nginx's default list accepted both of the refused ones below).
-        assert handshake(https_port, certificate, alpn=["h2", "http/1.1"])[1] == "h2"
-        good = "ECDHE-RSA-AES128-GCM-SHA256"
-        assert handshake(https_port, certificate, ciphers=good) == (good, None)
-        for outside in ("AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA"):
-            with pytest.raises(ssl.SSLError):
-                handshake(https_port, certificate, ciphers=outside)
+        assert_mozilla_intermediate_tls("127.0.0.1", https_port, certificate, "localhost")
         # Plain HTTP: a redirect to the same path over HTTPS, and ACME challenges for renewals.
         status, headers, _ = raw_request(http_port, "/health?x=1")
         assert status == 301
@@ -464,10 +442,9 @@ def test_env_is_ignored_by_git_and_never_committed(tmp_path):
     result = run_cookiecutter(tmp_path)
     assert result.returncode == 0, result.stderr
     project = tmp_path / "my_service"
-    git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
     for command in (["init", "-q"], ["add", "-A"]):
-        subprocess.run([*git, *command], cwd=project, check=True, capture_output=True)
-    tracked = subprocess.run([*git, "ls-files"], cwd=project, check=True, capture_output=True, text=True)
+        subprocess.run([*GIT, *command], cwd=project, check=True, capture_output=True)
+    tracked = subprocess.run([*GIT, "ls-files"], cwd=project, check=True, capture_output=True, text=True)
     assert ".env.example" in tracked.stdout.splitlines()
     assert ".env" not in tracked.stdout.splitlines()
     assert stat.S_IMODE(os.stat(project / ".env").st_mode) == 0o600

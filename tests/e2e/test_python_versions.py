@@ -5,12 +5,14 @@
 
 import json
 import subprocess
-import urllib.request
 import uuid
 
 import pytest
-from conftest import bake, env_with_python, free_port, require, require_server
-from test_serve import get, send_task, serving
+
+from testkit.bake import env_with_python
+from testkit.env import require_server
+from testkit.http import get, post_json
+from testkit.serve import bake_for_serving, send_task, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
@@ -22,14 +24,6 @@ import sys, psycopg
 with psycopg.connect(sys.argv[1], autocommit=True) as connection:
     connection.execute(sys.argv[2])
 """
-
-
-def post_json(url, document):
-    request = urllib.request.Request(
-        url, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return response.status, json.loads(response.read())
 
 
 def admin(project, sql):
@@ -44,14 +38,11 @@ def admin(project, sql):
     ids=["python=3.12-sqlite-memory", "python=3.13-postgresql-redis"],
 )
 def test_make_serve_writes_reads_and_runs_a_task_on_each_python(tmp_path, wheelhouse, version, servers):
-    require("nginx")
-    require("make")
     if servers:
         require_server("PostgreSQL", 5432, POSTGRES_HINT)
         require_server("redis", 6379, REDIS_HINT)
-    port = free_port()
     env = env_with_python(version, tmp_path / "bin")
-    project = bake(tmp_path, env=env, python_version=version, http_port=port)
+    project, port = bake_for_serving(tmp_path, env=env, python_version=version)
     name = f"shipshape_test_{uuid.uuid4().hex[:12]}"
     if servers:
         admin(project, f'CREATE DATABASE "{name}"')

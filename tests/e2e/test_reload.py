@@ -1,14 +1,15 @@
 """End to end: `make reload` returns only once every worker serves the new code, and says so when
 uWSGI ignored it; reloads run back to back under load without a failed request."""
 
-import os
 import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import bake, free_port, require
-from load import Load
-from test_serve import get, make, serving, uwsgi_stats
+
+from testkit.http import get
+from testkit.load import Load
+from testkit.proc import cwd_of, read_pid
+from testkit.serve import bake_for_serving, make, serving
+from testkit.uwsgi import uwsgi_stats
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
@@ -22,10 +23,7 @@ ONE = pytest.mark.parametrize("served", [DEFAULT], indirect=True, ids=["default"
 @pytest.fixture(scope="module")
 def served(request, tmp_path_factory, wheelhouse):
     """A baked service under `make serve` (uWSGI, Celery, nginx), stopped after the module."""
-    require("nginx")
-    require("make")
-    port = free_port()
-    project = bake(tmp_path_factory.mktemp("reload"), http_port=port, **request.param)
+    project, port = bake_for_serving(tmp_path_factory.mktemp("reload"), **request.param)
     with serving(project):
         yield project, port
 
@@ -68,17 +66,7 @@ def pages_with(port, marker, count=40):
 
 
 def celery_pid(project):
-    try:
-        return int((project / "var" / "run" / "celery.pid").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def cwd(pid):
-    try:
-        return Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        return None
+    return read_pid(project / "var" / "run" / "celery.pid")
 
 
 @BOTH
@@ -92,8 +80,8 @@ def test_make_reload_returns_once_every_worker_serves_the_new_code(served):
     assert result.returncode == 0, result.stdout + result.stderr
     assert pages_with(port, "returned") == 40
     after = celery_pid(project)
-    assert after is not None and after != before and cwd(before) is None
-    assert cwd(after) == project
+    assert after is not None and after != before and cwd_of(before) is None
+    assert cwd_of(after) == project
 
 
 @ONE
@@ -154,7 +142,7 @@ def test_python_exit_hooks_run_in_every_worker_a_reload_replaces(served):
     views.write_text(original + EXIT_HOOK)
     try:
         assert make(project, "reload").returncode == 0
-        hooked = {worker["pid"] for worker in uwsgi_stats(project)["workers"]}
+        hooked = {worker["pid"] for worker in uwsgi_stats(project / "var/run/stats.sock")["workers"]}
         assert make(project, "reload").returncode == 0
     finally:
         views.write_text(original)

@@ -6,14 +6,13 @@ import os
 import re
 import secrets
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import bake, free_port, require
-from fake_ingest import FakeIngest
-from test_serve import make, serving
+
+from testkit.fake_ingest import FakeIngest
+from testkit.http import get, request
+from testkit.serve import bake_for_serving, make, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
@@ -48,15 +47,6 @@ def explode():
 """
 
 
-def request(url, data=None):
-    """(status, body) of a GET, or a POST when data is given; also for 4xx/5xx answers."""
-    try:
-        with urllib.request.urlopen(url, data=data, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 def set_env(path, **values):
     """Set keys in a .env file: replace their lines, append the rest."""
     lines = [line for line in path.read_text().splitlines() if line.split("=", 1)[0] not in values]
@@ -66,10 +56,7 @@ def set_env(path, **values):
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, wheelhouse):
     """A baked service with Sentry pointed at a fake ingest, served by `make serve`; stopped after."""
-    require("nginx")
-    require("make")
-    port = free_port()
-    project = bake(tmp_path_factory.mktemp("sentry"), http_port=port)
+    project, port = bake_for_serving(tmp_path_factory.mktemp("sentry"))
     package = project / "my_service"
     settings = (package / "settings.py").read_text()
     marker = "\n# The deployed revision"
@@ -119,7 +106,7 @@ def assert_no_secret_sent(service):
 
 def test_web_error_through_nginx_reaches_sentry_with_release_and_environment(service):
     """An unhandled exception in a uWSGI worker is an event; its locals and message are scrubbed."""
-    status, _ = request(service["url"] + "/boom", data=b"note=" + TOKEN.encode())
+    status, _, _ = request(service["url"] + "/boom", data=b"note=" + TOKEN.encode())
     assert status == 500
     event = service["ingest"].wait_for("event", lambda event: mechanism(event) == "flask")
     [exception] = event["exception"]["values"]
@@ -134,7 +121,7 @@ def test_web_error_through_nginx_reaches_sentry_with_release_and_environment(ser
 
 
 def test_logged_error_is_an_event_and_the_warning_its_breadcrumb(service):
-    status, _ = request(service["url"] + "/log")
+    status, _, _ = get(service["url"] + "/log")
     assert status == 200
     event = service["ingest"].wait_for("event", lambda event: "payment failed" in str(event.get("logentry")))
     assert (event["release"], event["environment"]) == (RELEASE, "staging")
@@ -171,7 +158,7 @@ def test_uwsgi_cron_job_checks_in_with_its_schedule_and_max_runtime(service):
 
 def test_traced_request_sends_a_transaction_and_a_profile_from_uwsgi(service):
     """With both sample rates at 1, a page served by a worker is traced and profiled."""
-    status, _ = request(service["url"] + "/")
+    status, _, _ = get(service["url"] + "/")
     assert status == 200
     ingest = service["ingest"]
     transaction = ingest.wait_for("transaction", lambda event: event["transaction"] == "pages.index")
@@ -195,7 +182,7 @@ def test_make_status_prints_release_workers_and_celery(service):
     """`make status` shows the deployed revision, every worker's pid, state, requests and RSS, and Celery."""
     project = service["project"]
     for _ in range(20):
-        assert request(service["url"] + "/health")[0] == 200
+        assert get(service["url"] + "/health")[0] == 200
     result = make(project, "--no-print-directory", "status", timeout=30)
     assert result.returncode == 0, result.stderr
     assert re.search(rf"^release\s+{RELEASE}$", result.stdout, flags=re.MULTILINE), result.stdout

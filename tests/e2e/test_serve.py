@@ -1,19 +1,17 @@
 """End to end: `make serve` runs uWSGI, Celery, cron and nginx on loopback; `make stop` ends them all."""
 
-import contextlib
 import json
-import os
 import re
-import signal
-import socket
-import struct
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import pytest
-from conftest import bake, free_port, require, wait_for
+
+from testkit.env import wait_for
+from testkit.http import get
+from testkit.proc import group_alive, processes_mentioning
+from testkit.serve import bake_for_serving, make, send_task, serving
+from testkit.uwsgi import uwsgi_get, uwsgi_stats
 
 pytestmark = [pytest.mark.e2e, pytest.mark.venv]
 
@@ -30,118 +28,10 @@ def slow(seconds: float) -> float:
 """
 
 
-def get(url, **headers):
-    """(status, headers, body) for a GET, also for 4xx/5xx answers."""
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.headers, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers, error.read().decode()
-
-
-def uwsgi_get(socket_path, path):
-    """GET path straight from uWSGI's unix socket in the uwsgi protocol (what nginx sends)."""
-    params = {
-        "REQUEST_METHOD": "GET",
-        "REQUEST_URI": path,
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "localhost",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-        "REMOTE_ADDR": "127.0.0.1",
-    }
-    body = b"".join(
-        struct.pack("<H", len(k)) + k.encode() + struct.pack("<H", len(v)) + v.encode()
-        for k, v in params.items()
-    )
-    with socket.socket(socket.AF_UNIX) as client:
-        client.settimeout(30)
-        client.connect(str(socket_path))
-        client.sendall(struct.pack("<BHB", 0, len(body), 0) + body)
-        answer = b"".join(iter(lambda: client.recv(65536), b""))
-    # An accepted connection closed without an answer is the failure a reload must never cause:
-    # raise it as one (an OSError, as a refused connection is), not as a parsing error.
-    if not answer.startswith(b"HTTP/") or b"\r\n\r\n" not in answer:
-        raise ConnectionResetError(f"uWSGI answered {path} with {answer[:80]!r}, not an HTTP response")
-    head, _, content = answer.partition(b"\r\n\r\n")
-    status, *header_lines = head.decode().split("\r\n")
-    headers = dict(line.split(": ", 1) for line in header_lines)
-    return int(status.split()[1]), headers, content
-
-
-def uwsgi_stats(project):
-    """uWSGI's stats document (every worker's pid, state and loaded apps) from its stats socket."""
-    with socket.socket(socket.AF_UNIX) as client:
-        client.settimeout(10)
-        client.connect(str(project / "var" / "run" / "stats.sock"))
-        return json.loads(b"".join(iter(lambda: client.recv(65536), b"")))
-
-
-def group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def processes_mentioning(path):
-    """Pids whose command line names the path (uWSGI renames its own processes; nginx and Celery don't)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                if entry.isdigit() and int(entry) != os.getpid() and str(path).encode() in cmdline.read():
-                    pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
-
-
-def make(project, *args, timeout=180):
-    return subprocess.run(
-        ["make", *args], cwd=project, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def log_tail(project):
-    logs = sorted((project / "var" / "log").glob("*.log"))
-    return "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-30:]) for log in logs)
-
-
-@contextlib.contextmanager
-def serving(project, check_stop=False):
-    """`make serve` in project, yielding its process groups (uWSGI, nginx); the logs' tails printed
-    if the body fails; on the way out `make stop`, then SIGKILL to any group it left alive."""
-    groups = []
-    try:
-        result = make(project, "serve")
-        assert result.returncode == 0, result.stdout + result.stderr + log_tail(project)
-        run = project / "var" / "run"
-        groups = [int((run / "uwsgi.pgid").read_text()), int((run / "nginx.pid").read_text())]
-        yield groups
-    except BaseException:
-        print(log_tail(project))
-        raise
-    finally:
-        stopped = make(project, "stop", timeout=90)
-        for pgid in groups:
-            if group_alive(pgid):
-                os.killpg(pgid, signal.SIGKILL)
-        if check_stop:
-            assert stopped.returncode == 0, stopped.stderr
-
-
 @pytest.fixture(scope="module", params=VARIANTS, ids=["defaults", "use_celery=false-cheap_mode=true"])
 def service(request, tmp_path_factory, wheelhouse):
     """A baked service served by `make serve` on a free loopback port; stopped (and checked) after."""
-    require("nginx")
-    require("make")
-    port = free_port()
-    project = bake(tmp_path_factory.mktemp("serve"), http_port=port, **request.param)
+    project, port = bake_for_serving(tmp_path_factory.mktemp("serve"), **request.param)
     if (project / "my_service" / "tasks.py").exists():
         with open(project / "my_service" / "tasks.py", "a") as tasks:
             tasks.write(SLOW_TASK)
@@ -211,18 +101,6 @@ def test_celery_task_round_trip_through_the_attached_worker(service):
         assert result.stdout.strip() == "42", result.stderr
 
 
-def send_task(project, code):
-    """Run Python in the service's venv and directory (a Celery client, as the app would be)."""
-    return subprocess.run(
-        [project / ".venv/bin/python", "-c", "from my_service.tasks import *\n" + code],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_reload_lets_a_running_task_finish(service):
     """`make reload` restarts the Celery worker only after its running task is done."""
     if service.get("use_celery") == "false":
@@ -252,10 +130,11 @@ def test_reload_of_code_that_does_not_load_is_refused_and_the_service_runs_on(se
     project = service["project"]
     views = project / "my_service" / "views.py"
     original = views.read_text()
-    master = (project / "var" / "run" / "uwsgi.pid").read_text()
+    run = project / "var" / "run"
+    master = (run / "uwsgi.pid").read_text()
     # Every running worker has loaded the app: one still importing would read the broken file.
     wait_for(
-        lambda: all(w["pid"] == 0 or w["apps"] for w in uwsgi_stats(project)["workers"]),
+        lambda: all(w["pid"] == 0 or w["apps"] for w in uwsgi_stats(run / "stats.sock")["workers"]),
         60,
         "every running worker has loaded the app",
     )
