@@ -4,6 +4,7 @@ import http.client
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -218,3 +219,29 @@ def test_celery_and_cron_run_the_deployed_release_after_old_ones_are_pruned(serv
     assert json.loads(heartbeat.read_text())["release"] == served
     log = (root / "shared" / "log" / "uwsgi.log").read_text()
     assert "Traceback" not in log, diagnostics(root)
+
+
+def test_a_deploy_that_installs_the_same_links_the_serving_venv_and_a_changed_one_installs_anew(service):
+    """Same requirements.txt and bin/install: the new release's .venv is the serving one's, hard-linked,
+    its scripts naming their own interpreter (the old release's scripts untouched); another
+    requirements.txt: a fresh install, nothing shared."""
+    project, root, url = service["project"], service["root"], service["url"]
+    serving = (root / "current").resolve()
+    revision = deploy(project, "same requirements")
+    linked = (root / "current").resolve()
+    assert linked.name.endswith("-" + revision) and release(url) == revision
+    # pyvenv.cfg: every install writes its own (packages may be hard links to uv's cache either way).
+    config = Path(".venv/pyvenv.cfg")
+    assert (linked / config).stat().st_ino == (serving / config).stat().st_ino
+    for served in (serving, linked):
+        shebang = (served / ".venv/bin/celery").read_text().splitlines()[0]
+        assert shebang == f"#!{served}/.venv/bin/python", shebang
+    scripts = [path for path in (linked / ".venv/bin").iterdir() if path.is_file() and not path.is_symlink()]
+    assert not [path.name for path in scripts if str(serving).encode() in path.read_bytes()]
+
+    with open(project / "requirements.txt", "a") as requirements:
+        requirements.write("# pinned by hand\n")
+    revision = deploy(project, "other requirements")
+    fresh = (root / "current").resolve()
+    assert fresh.name.endswith("-" + revision) and release(url) == revision
+    assert (fresh / config).stat().st_ino != (linked / config).stat().st_ino
